@@ -1,0 +1,89 @@
+"""MNIST classification (paper section 3, Table 1): the data held as one uint8 tensor on the device,
+random-crop augmentation done on tensors, batches drawn by a seeded permutation."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import choice
+from .mnist import default_root, load_mnist
+from .models import MODELS, build_mnist_model
+from .solver import nfe
+
+EVAL_BATCH = 1000
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-example random crop of `x` [B,1,H,W] zero-padded by `pad`, as torchvision's RandomCrop(H, padding)."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy, dx = (torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device="cpu").to(x.device))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    return padded[torch.arange(b, device=x.device)[:, None, None], 0, rows, cols].unsqueeze(1)
+
+
+class MnistTask:
+    def __init__(self, cfg, device: torch.device):
+        d = cfg.dataset
+        choice(d.name, "dataset", ("mnist",))
+        choice(cfg.model.name, "model", MODELS)
+        (xtr, ytr), (xte, yte) = load_mnist(d.root or default_root(), download=d.download)
+        if d.limit:
+            xtr, ytr = xtr[: d.limit], ytr[: d.limit]
+        self.train_x, self.train_y = xtr.to(device), ytr.to(device)
+        self.test_x, self.test_y = xte.to(device), yte.to(device)
+        self.batch_size = min(cfg.trainer.batch_size, len(self.train_x))
+        self.augment = d.augment
+        self.device = device
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.model = build_mnist_model(cfg.model, cfg.solver).to(device)
+
+    @staticmethod
+    def images(x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(1).float().div_(255.0)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train_x) // self.batch_size
+
+    def train_batches(self, epoch: int):
+        order = torch.randperm(len(self.train_x), generator=self.generator).to(self.device)
+        for i in range(self.steps_per_epoch()):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images(self.train_x[idx])
+            if self.augment:
+                x = random_crop(x, 4, self.generator)
+            yield x, self.train_y[idx]
+
+    def loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    @torch.no_grad()
+    def evaluate(self, limit: int | None) -> dict:
+        self.model.eval()
+        n = len(self.test_x) if limit is None else min(limit, len(self.test_x))
+        wrong, loss, batches = 0, 0.0, 0
+        f0, _ = nfe(self.model)
+        for i in range(0, n, EVAL_BATCH):
+            x, y = self.images(self.test_x[i:i + EVAL_BATCH][: n - i]), self.test_y[i:i + EVAL_BATCH][: n - i]
+            logits = self.model(x)
+            wrong += (logits.argmax(1) != y).sum().item()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            batches += 1
+        f1, _ = nfe(self.model)
+        self.model.train()
+        return dict(test_error=wrong / n, test_loss=loss / n, test_examples=n, eval_nfe_forward=(f1 - f0) / batches)
+
+    def memory_batch(self):
+        idx = torch.arange(self.batch_size, device=self.device)
+        return self.images(self.train_x[idx]), self.train_y[idx]
+
+    def finish(self, run) -> dict:
+        return {}
+
+
+def check(cfg) -> None:
+    choice(cfg.dataset.name, "dataset", ("mnist",))
+    choice(cfg.model.name, "model", MODELS)
+    build_mnist_model(cfg.model, cfg.solver)

@@ -1,0 +1,87 @@
+"""One way to measure a model's size and a training step's memory.
+
+- `activation_bytes`: bytes autograd saves for backward while the step's forward pass runs, counted with
+  `torch.autograd.graph.saved_tensors_hooks`. Each storage counts once; parameters are excluded (they exist
+  whatever the depth). Device-independent and deterministic for a fixed batch and solver trajectory.
+- `peak_memory`: the step's peak allocated memory above what was allocated when it started. On CUDA,
+  `torch.cuda.max_memory_allocated`; on CPU, the running sum of allocations minus frees recorded by PyTorch's
+  profiler (`profile_memory=True`), ordered by time: the same quantity, from the CPU allocator's events.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class SavedTensorMeter(contextlib.AbstractContextManager):
+    """Counts the bytes of distinct storages autograd saves for backward inside the `with` block."""
+
+    def __init__(self, exclude: nn.Module | None = None):
+        self.exclude = {p.untyped_storage().data_ptr() for p in exclude.parameters()} if exclude else set()
+        self.bytes = 0
+        self._seen: set[int] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor):
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # tensors without storage
+            return t
+        ptr = storage.data_ptr()
+        if ptr not in self._seen and ptr not in self.exclude:
+            self._seen.add(ptr)
+            self.bytes += storage.nbytes()
+        return t
+
+    def __enter__(self):
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._hooks.__exit__(*exc)
+
+
+def activation_bytes(model: nn.Module, forward: Callable[[], torch.Tensor]) -> int:
+    """Run forward + backward once; return the bytes saved for backward during forward."""
+    with SavedTensorMeter(exclude=model) as meter:
+        loss = forward()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return meter.bytes
+
+
+def peak_memory(model: nn.Module, forward: Callable[[], torch.Tensor], device: torch.device) -> int:
+    """Run forward + backward once; return the peak bytes allocated above the starting level."""
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        forward().backward()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - start
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                forward().backward()
+        level = peak = 0
+        for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+            level += event.self_cpu_memory_usage
+            peak = max(peak, level)
+    model.zero_grad(set_to_none=True)
+    return int(peak)
+
+
+def peak_memory_method(device: torch.device) -> str:
+    return "cuda.max_memory_allocated" if device.type == "cuda" else "profiler.cpu_memory_events"

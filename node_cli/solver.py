@@ -1,0 +1,84 @@
+"""ODE blocks: every solve in node-run goes through `ODEBlock`, which counts function evaluations.
+
+NFE is counted by one mechanism for every model: the vector field is wrapped in `CountedField`, whose call
+counter ticks on every evaluation. `ODEBlock.forward` adds the evaluations made during its forward solve to
+`nfe_forward`; every other evaluation of the field happens in the adjoint's backward solve and is `nfe_backward`.
+Without the adjoint, autograd replays the stored graph and never calls the field: NFE-B is 0 by construction.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+import torchdiffeq
+
+SOLVERS = tuple(sorted(importlib.import_module("torchdiffeq._impl.odeint").SOLVERS))
+ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")
+
+
+class CountedField(nn.Module):
+    """A vector field f(t, y) that counts its evaluations in `calls`."""
+
+    def __init__(self, field: nn.Module):
+        super().__init__()
+        self.field = field
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return self.field(t, y)
+
+
+def solver_kwargs(cfg) -> dict:
+    """torchdiffeq keyword arguments from a `solver` config node."""
+    options = {}
+    if cfg.get("step_size") is not None and cfg.method not in ADAPTIVE:
+        options["step_size"] = float(cfg.step_size)
+    if cfg.get("max_num_steps") is not None and cfg.method in ADAPTIVE:
+        options["max_num_steps"] = int(cfg.max_num_steps)
+    return dict(rtol=float(cfg.rtol), atol=float(cfg.atol), method=str(cfg.method), options=options)
+
+
+class ODEBlock(nn.Module):
+    """Solves dy/dt = field(t, y) with torchdiffeq, by the adjoint method or by backprop through the solver.
+
+    `forward(y0)` integrates over [0, t1] and returns y(t1); `forward(y0, t)` returns y at every time in `t`
+    (leading time dimension). `y0` may be a tensor or a tuple of tensors (e.g. state and log-density).
+    """
+
+    def __init__(self, field: nn.Module, solver_cfg, t1: float = 1.0, adjoint: bool | None = None):
+        super().__init__()
+        self.field = CountedField(field)
+        self.kwargs = solver_kwargs(solver_cfg)
+        self.adjoint = bool(solver_cfg.adjoint) if adjoint is None else adjoint
+        self.adjoint_options = {"norm": "seminorm"} if solver_cfg.get("adjoint_norm") == "seminorm" else None
+        self.register_buffer("span", torch.tensor([0.0, float(t1)]), persistent=False)
+        self.nfe_forward = 0
+
+    @property
+    def nfe_backward(self) -> int:
+        return self.field.calls - self.nfe_forward
+
+    def forward(self, y0, t: torch.Tensor | None = None):
+        times = self.span if t is None else t
+        before = self.field.calls
+        if self.adjoint:
+            out = torchdiffeq.odeint_adjoint(self.field, y0, times, adjoint_options=self.adjoint_options,
+                                             **self.kwargs)
+        else:
+            out = torchdiffeq.odeint(self.field, y0, times, **self.kwargs)
+        self.nfe_forward += self.field.calls - before
+        if t is not None:
+            return out
+        return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
+
+
+def nfe(model: nn.Module) -> tuple[int, int]:
+    """Cumulative (forward, backward) function evaluations of every ODE block in `model`."""
+    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
+    return sum(b.nfe_forward for b in blocks), sum(b.nfe_backward for b in blocks)
+
+
+def has_ode(model: nn.Module) -> bool:
+    return any(isinstance(m, ODEBlock) for m in model.modules())

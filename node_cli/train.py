@@ -1,0 +1,154 @@
+"""The training loop every experiment family shares.
+
+A family supplies a *task*: an object with
+- `model`: the nn.Module being trained;
+- `steps_per_epoch() -> int` and `train_batches(epoch) -> iterable of batches`;
+- `loss(batch) -> scalar tensor` (the training loss);
+- `evaluate(limit) -> dict` of test metrics (limit caps the test examples; None = all);
+- `memory_batch()`: a fixed training batch for the memory measurement;
+- `finish(run) -> dict`: figures and extra summary fields, called once after the final evaluation.
+
+`fit` adds what every run records: NFE-F/NFE-B per step, seconds per step, activation bytes and peak memory,
+metrics.jsonl lines, atomic checkpoints and summary, and the run's status when the solver fails mid-run.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from . import metrics
+from .run import RunDir
+from .solver import ODEBlock, nfe
+
+
+class SolverFailure(RuntimeError):
+    """The loss or the solve stopped being finite."""
+
+
+FAILURES = (AssertionError, RuntimeError, FloatingPointError)  # torchdiffeq signals underflow by AssertionError
+
+
+def make_optimizer(t, params):
+    lr = t.lr * (t.batch_size / t.lr_batch_denom if t.get("lr_batch_denom") else 1.0)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
+    return torch.optim.RMSprop(params, lr=lr, weight_decay=t.weight_decay)
+
+
+def _finite(values: dict) -> bool:
+    return all(math.isfinite(v) for v in values.values() if isinstance(v, (int, float)))
+
+
+def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
+    model, t = task.model, cfg.trainer
+    optimizer = make_optimizer(t, model.parameters())
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(t.milestones), t.gamma)
+    total = t.epochs * task.steps_per_epoch()
+    if t.max_steps:
+        total = min(total, t.max_steps)
+
+    step, epoch, status, error = 0, 0, "ok", None
+    last_eval: dict = {}
+    totals = dict(loss=0.0, steps=0, nfe_f=0, nfe_b=0, time=0.0)   # the whole run
+    window = dict(totals)                                           # since the last metrics line
+    started = time.time()
+
+    def evaluate(final: bool):
+        nonlocal last_eval
+        result = task.evaluate(None if final else t.eval_limit)
+        n = max(window["steps"], 1)
+        row = dict(step=step, epoch=epoch, train_loss=window["loss"] / n, **result,
+                   nfe_forward=window["nfe_f"] / n, nfe_backward=window["nfe_b"] / n,
+                   sec_per_step=window["time"] / n, lr=optimizer.param_groups[0]["lr"],
+                   wall_time=time.time() - started, final=final)
+        run.log(row)
+        window.update(loss=0.0, steps=0, nfe_f=0, nfe_b=0, time=0.0)
+        if _finite(result):
+            last_eval = result
+            run.save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
+                                     epoch=epoch, metrics=result, config=OmegaConf.to_container(cfg)))
+        return result
+
+    bar = tqdm(total=total, desc=cfg.name, disable=not t.progress, dynamic_ncols=True)
+    try:
+        while step < total:
+            for batch in task.train_batches(epoch):
+                f0, b0 = nfe(model)
+                tic = time.perf_counter()
+                loss = task.loss(batch)
+                if not torch.isfinite(loss):
+                    raise SolverFailure(f"non-finite training loss at step {step + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                f1, b1 = nfe(model)
+                for acc in (window, totals):
+                    acc["time"] += time.perf_counter() - tic
+                    acc["loss"] += loss.item()
+                    acc["steps"] += 1
+                    acc["nfe_f"] += f1 - f0
+                    acc["nfe_b"] += b1 - b0
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", nfe_f=f1 - f0, nfe_b=b1 - b0)
+                if step >= total:
+                    break
+                if t.eval_every and step % t.eval_every == 0:
+                    evaluate(final=False)
+            epoch += 1
+            scheduler.step()
+            if step < total and not t.eval_every:
+                evaluate(final=False)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "stopped by the user (Ctrl-C)"
+    except FAILURES as exc:
+        status, error = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    finally:
+        bar.close()
+
+    if status == "ok":
+        try:
+            evaluate(final=True)
+        except FAILURES as exc:
+            status, error = "failed", f"final evaluation: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+    summary = dict(last_eval)
+    n = max(totals["steps"], 1)
+    summary.update(
+        status=status, error=error, steps=step, epochs=epoch,
+        nfe_forward=totals["nfe_f"] / n, nfe_backward=totals["nfe_b"] / n, nfe_backward_note=_nfe_note(model),
+        sec_per_step=totals["time"] / n, examples_per_sec=totals["steps"] * t.batch_size / max(totals["time"], 1e-9),
+        wall_time=time.time() - started,
+    )
+    summary.update(measure_memory(task, device) if status == "ok" else {})
+    if status == "ok":
+        summary.update(task.finish(run) or {})
+    return summary
+
+
+def _nfe_note(model) -> str:
+    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
+    if not blocks:
+        return "no ODE block: NFE is 0 by construction"
+    if not any(b.adjoint for b in blocks):
+        return "no adjoint: backprop through the solver makes no backward evaluations (NFE-B = 0); its cost is in memory and time"
+    return "adjoint: backward evaluations of the augmented ODE"
+
+
+def measure_memory(task, device: torch.device) -> dict:
+    """Activation bytes and peak memory of one training step (forward + backward, no update) on a fixed batch."""
+    model, batch = task.model, task.memory_batch()
+    f0, _ = nfe(model)
+    act = metrics.activation_bytes(model, lambda: task.loss(batch))
+    f1, _ = nfe(model)
+    peak = metrics.peak_memory(model, lambda: task.loss(batch), device)
+    return dict(activation_bytes=act, peak_memory_bytes=peak, peak_memory_method=metrics.peak_memory_method(device),
+                memory_step_nfe_forward=f1 - f0)
