@@ -103,10 +103,11 @@ def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
                     break
                 if t.eval_every and step % t.eval_every == 0:
                     evaluate(final=False)
-            epoch += 1
-            scheduler.step()
-            if step < total and not t.eval_every:
-                evaluate(final=False)
+            if step % task.steps_per_epoch() == 0:   # a whole epoch done (not cut short by max_steps)
+                epoch += 1
+                scheduler.step()
+                if step < total and not t.eval_every:
+                    evaluate(final=False)
     except KeyboardInterrupt:
         status, error = "interrupted", "stopped by the user (Ctrl-C)"
     except FAILURES as exc:

@@ -1,0 +1,123 @@
+"""The ODE block: adjoint gradients against backprop and finite differences; NFE against what the solver did."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from node_cli.solver import ODEBlock, nfe
+
+
+def solver(**kw):
+    base = dict(method="dopri5", rtol=1e-7, atol=1e-9, adjoint=True, adjoint_norm="default", step_size=None,
+                max_num_steps=None)
+    return OmegaConf.create({**base, **kw})
+
+
+class Field(nn.Module):
+    """A small non-linear, time-dependent vector field; `outside` counts calls independently of node-run."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(3, 3).double()
+        self.outside = 0
+
+    def forward(self, t, y):
+        self.outside += 1
+        return torch.tanh(self.lin(y)) * (1 + t)
+
+
+def grads(block, y0):
+    block.zero_grad()
+    y0 = y0.clone().requires_grad_(True)
+    block(y0).pow(2).sum().backward()
+    return [y0.grad] + [p.grad.clone() for p in block.parameters()]
+
+
+def test_adjoint_gradient_matches_backprop_and_finite_differences():
+    field = Field()
+    y0 = torch.tensor([[0.3, -0.5, 0.8]], dtype=torch.float64)
+    adjoint = ODEBlock(field, solver(adjoint=True))
+    direct = ODEBlock(field, solver(adjoint=False))
+    g_adj, g_bp = grads(adjoint, y0), grads(direct, y0)
+    for a, b in zip(g_adj, g_bp):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # central finite differences on the weight matrix and on y0
+    w = field.lin.weight
+    eps = 1e-6
+    for i, j in [(0, 0), (1, 2), (2, 1)]:
+        with torch.no_grad():
+            w[i, j] += eps
+            up = direct(y0).pow(2).sum().item()
+            w[i, j] -= 2 * eps
+            down = direct(y0).pow(2).sum().item()
+            w[i, j] += eps
+        assert g_adj[1][i, j].item() == pytest.approx((up - down) / (2 * eps), rel=1e-4, abs=1e-8)
+    for k in range(3):
+        e = torch.zeros_like(y0)
+        e[0, k] = eps
+        with torch.no_grad():
+            fd = (direct(y0 + e).pow(2).sum() - direct(y0 - e).pow(2).sum()).item() / (2 * eps)
+        assert g_adj[0][0, k].item() == pytest.approx(fd, rel=1e-4, abs=1e-8)
+
+
+def test_seminorm_adjoint_gives_the_same_gradient_with_no_more_backward_evaluations():
+    field = Field()
+    y0 = torch.tensor([[0.3, -0.5, 0.8]], dtype=torch.float64)
+    full, semi = ODEBlock(field, solver(rtol=1e-6, atol=1e-8)), ODEBlock(field, solver(rtol=1e-6, atol=1e-8,
+                                                                                       adjoint_norm="seminorm"))
+    for a, b in zip(grads(full, y0), grads(semi, y0)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert 0 < semi.nfe_backward <= full.nfe_backward
+
+
+@pytest.mark.parametrize("adjoint", [True, False])
+def test_nfe_counts_agree_with_the_calls_the_solver_made(adjoint):
+    field = Field()
+    block = ODEBlock(field, solver(rtol=1e-5, atol=1e-7, adjoint=adjoint))
+    y0 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    out = block(y0)
+    forward_calls = field.outside
+    assert block.nfe_forward == forward_calls
+    assert (forward_calls - 2) % 6 == 0 and forward_calls > 8   # dopri5: 2 to pick h0, then 6 per attempted step
+    out.sum().backward()
+    backward_calls = field.outside - forward_calls
+    assert block.nfe_backward == backward_calls
+    if adjoint:
+        assert backward_calls > 0 and (backward_calls - 2) % 6 == 0   # the adjoint ODE is solved by dopri5 too
+    else:
+        assert backward_calls == 0                                    # backprop replays the graph
+    model = nn.Sequential(block, nn.Identity())
+    assert nfe(model) == (block.nfe_forward, block.nfe_backward)
+
+
+def test_fixed_grid_nfe_is_stages_times_steps():
+    field = Field()
+    block = ODEBlock(field, solver(method="rk4", step_size=0.25, adjoint=False))
+    block(torch.randn(2, 3, dtype=torch.float64))
+    assert block.nfe_forward == field.outside == 4 * 4
+
+
+def test_trajectory_output_and_tuple_states():
+    field = Field()
+    block = ODEBlock(field, solver(adjoint=False))
+    t = torch.linspace(0, 1, 5, dtype=torch.float64)
+    y0 = torch.randn(2, 3, dtype=torch.float64)
+    traj = block(y0, t)
+    assert traj.shape == (5, 2, 3)
+    torch.testing.assert_close(traj[-1], block(y0))
+    torch.testing.assert_close(traj[0], y0)
+
+
+class PairField(nn.Module):
+    def forward(self, t, state):
+        y, logp = state
+        return -y, -y.sum(1, keepdim=True) * 0 - 2.0   # dy/dt = -y, dlogp/dt = -2 (trace of -I in 2-D)
+
+
+def test_tuple_state_is_solved_and_returned_as_a_tuple():
+    block = ODEBlock(PairField(), solver(adjoint=False))
+    y0, l0 = torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64)
+    y1, l1 = block((y0, l0))
+    torch.testing.assert_close(y1, y0 * torch.exp(torch.tensor(-1.0, dtype=torch.float64)), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(l1, torch.full_like(l0, -2.0))
