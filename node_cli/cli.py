@@ -92,6 +92,8 @@ def run(cfg) -> None:
         FAILED.append(out_dir)
         return
     print_report(summary, out_dir)
+    if summary["status"] == "interrupted":
+        raise KeyboardInterrupt   # the summary is written; stop the whole command, sweeps included
     if summary["status"] != "ok":
         print(f"node-run: error: run {summary['status']}: {summary['error']} "
               f"(summary in {Path(out_dir) / SUMMARY}; last good checkpoint kept)", file=sys.stderr, flush=True)
@@ -145,7 +147,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
     sys.argv = [sys.argv[0]] + argv
-    run()
+    try:
+        run()
+    except KeyboardInterrupt:
+        print("node-run: interrupted; the run's summary.json says so", file=sys.stderr)
+        sys.exit(130)
     if FAILED:
         sys.exit(1)
 

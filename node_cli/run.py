@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 METRICS, SUMMARY, CHECKPOINT = "metrics.jsonl", "summary.json", "checkpoint.pt"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _clean(value):
@@ -37,6 +39,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -90,15 +90,16 @@ def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 f1, b1 = nfe(model)
+                value = loss.item()
                 for acc in (window, totals):
                     acc["time"] += time.perf_counter() - tic
-                    acc["loss"] += loss.item()
+                    acc["loss"] += value
                     acc["steps"] += 1
                     acc["nfe_f"] += f1 - f0
                     acc["nfe_b"] += b1 - b0
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", nfe_f=f1 - f0, nfe_b=b1 - b0)
+                bar.set_postfix(loss=f"{value:.3f}", nfe_f=f1 - f0, nfe_b=b1 - b0)
                 if step >= total:
                     break
                 if t.eval_every and step % t.eval_every == 0:
@@ -126,11 +127,15 @@ def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
     summary.update(
         status=status, error=error, steps=step, epochs=epoch,
         nfe_forward=totals["nfe_f"] / n, nfe_backward=totals["nfe_b"] / n, nfe_backward_note=_nfe_note(model),
-        sec_per_step=totals["time"] / n, examples_per_sec=totals["steps"] * t.batch_size / max(totals["time"], 1e-9),
+        sec_per_step=totals["time"] / n,
+        examples_per_sec=totals["steps"] * getattr(task, "batch_size", t.batch_size) / max(totals["time"], 1e-9),
         wall_time=time.time() - started,
     )
-    summary.update(measure_memory(task, device) if status == "ok" else {})
     if status == "ok":
+        try:
+            summary.update(measure_memory(task, device))
+        except FAILURES as exc:
+            summary["memory_error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         summary.update(task.finish(run) or {})
     return summary
 
