@@ -9,12 +9,13 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from .config import ConfigError, resolve_device, validate
 from .metrics import count_parameters
 from .mnist import DataError
-from .run import METRICS, SUMMARY, RunDir
+from .run import METRICS, SUMMARY, RunDir, read_summary
 from .tasks import build_task, check_task
 
 GROUPS = ("experiment", "model", "solver", "dataset", "trainer")
@@ -98,6 +99,28 @@ def run(cfg) -> None:
         print(f"node-run: error: run {summary['status']}: {summary['error']} "
               f"(summary in {Path(out_dir) / SUMMARY}; last good checkpoint kept)", file=sys.stderr, flush=True)
         FAILED.append(out_dir)
+
+
+class SweepStatus(Callback):
+    """Adds to FAILED the jobs of a multirun whose summary is missing or not ok. Launchers that run jobs in other
+    processes (hydra/launcher=joblib, submitit) cannot append to this process's FAILED; this reads the sweep
+    folder instead when the sweep ends (registered in conf/config.yaml under hydra.callbacks)."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        known = {str(Path(f).resolve()) for f in FAILED}
+        for cfg_file in sorted(sweep.rglob("config.yaml")):
+            job = cfg_file.parent.parent
+            if cfg_file.parent.name != ".hydra" or str(job.resolve()) in known:
+                continue
+            try:
+                ok = read_summary(job).get("status") == "ok"
+            except (OSError, ValueError):
+                ok = False
+            if not ok:
+                FAILED.append(str(job))
+                print(f"node-run: error: sweep job {job} did not finish ok (see its {SUMMARY})",
+                      file=sys.stderr, flush=True)
 
 
 def precheck(argv: list[str]) -> None:
