@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("node-run: interrupted; the run's summary.json says so", file=sys.stderr)
         sys.exit(130)
-    if FAILED:
+    from node_cli import cli as installed   # SweepStatus's module: not this one under `python -m node_cli.cli`
+    if FAILED or installed.FAILED:
         sys.exit(1)
 
 
