@@ -1,6 +1,13 @@
 """MNIST classification (paper section 3, Table 1): the data held as one uint8 tensor on the device,
-random-crop augmentation done on tensors, batches drawn by a seeded permutation."""
+random-crop augmentation done on tensors, batches drawn by a seeded permutation.
+
+Speed options (conf/model/odenet.yaml, rknet.yaml; measured by `node-bench`, see docs/bench.md):
+`model.fast_rk` (fast Runge-Kutta stage arithmetic, solver.py), `model.channels_last` (NHWC memory format for the
+model and its inputs), `model.compile` (torch.compile of the ODE vector field, eager fallback where unsupported).
+"""
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -8,9 +15,34 @@ import torch.nn.functional as F
 from .config import choice
 from .mnist import default_root, load_mnist
 from .models import MODELS, build_mnist_model
-from .solver import nfe
+from .solver import ODEBlock, nfe
 
 EVAL_BATCH = 1000
+
+
+def compile_field(field: torch.nn.Module) -> None:
+    """Replace `field.forward` by its torch.compile'd version, falling back to eager (once, with a warning) if
+    compiling or running the compiled code fails, e.g. without a C++ compiler. Parameters and state_dict keys
+    are unchanged."""
+    eager = field.forward
+    try:
+        compiled = torch.compile(eager, dynamic=False)
+    except Exception as exc:  # noqa: BLE001 - torch.compile unavailable on this platform
+        warnings.warn(f"model.compile: torch.compile unavailable ({type(exc).__name__}: {exc}); running eager")
+        return
+    state = {"compiled": True}
+
+    def forward(t, x):
+        if state["compiled"]:
+            try:
+                return compiled(t, x)
+            except Exception as exc:  # noqa: BLE001 - any backend failure: the eager field is the same function
+                state["compiled"] = False
+                warnings.warn(f"model.compile: compiled vector field failed ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); running eager")
+        return eager(t, x)
+
+    field.forward = forward
 
 
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -38,10 +70,21 @@ class MnistTask:
         self.device = device
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.model = build_mnist_model(cfg.model, cfg.solver).to(device)
+        self.memory_format = torch.contiguous_format
+        if cfg.model.get("channels_last"):
+            self.memory_format = torch.channels_last
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.model.get("compile"):
+            for block in self.model.modules():
+                if isinstance(block, ODEBlock):
+                    compile_field(block.field.field)
 
     @staticmethod
     def images(x: torch.Tensor) -> torch.Tensor:
         return x.unsqueeze(1).float().div_(255.0)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format)
 
     def steps_per_epoch(self) -> int:
         return len(self.train_x) // self.batch_size
@@ -53,7 +96,7 @@ class MnistTask:
             x = self.images(self.train_x[idx])
             if self.augment:
                 x = random_crop(x, 4, self.generator)
-            yield x, self.train_y[idx]
+            yield self.inputs(x), self.train_y[idx]
 
     def loss(self, batch) -> torch.Tensor:
         x, y = batch
@@ -67,7 +110,7 @@ class MnistTask:
         f0, _ = nfe(self.model)
         for i in range(0, n, EVAL_BATCH):
             x, y = self.images(self.test_x[i:i + EVAL_BATCH][: n - i]), self.test_y[i:i + EVAL_BATCH][: n - i]
-            logits = self.model(x)
+            logits = self.model(self.inputs(x))
             wrong += (logits.argmax(1) != y).sum().item()
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             batches += 1
@@ -77,7 +120,7 @@ class MnistTask:
 
     def memory_batch(self):
         idx = torch.arange(self.batch_size, device=self.device)
-        return self.images(self.train_x[idx]), self.train_y[idx]
+        return self.inputs(self.images(self.train_x[idx])), self.train_y[idx]
 
     def finish(self, run) -> dict:
         return {}
