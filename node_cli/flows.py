@@ -13,12 +13,16 @@ Models (both give exact log-densities):
   cheap); for density matching they map the base to the target (the direction in which samples are).
 
 Objectives (`dataset.name`): `circles` / `moons` train by maximum likelihood on fresh samples each step and report
-`test_nll` (nats) on a fixed held-out set; `density` fits exp(-U) for `dataset.target` in u1..u4 by minimising
+`test_nll` (nats) on a fixed held-out set, beside `test_nll_data`, the NLL of the true generating density on the
+same points (the floor); `density` fits exp(-U) for `dataset.target` in u1..u4 by minimising
 KL(q||p) = E_q[log q + U] + log Z and reports `test_kl` on a fixed set of base samples (log Z by quadrature, so
-the KL is exact up to Monte Carlo error; `test_kl_unnormalized` is E_q[log q + U] alone).
+the KL is exact up to Monte Carlo error, `test_kl_stderr`; `test_kl_unnormalized` is E_q[log q + U] alone).
+A run is one epoch of `trainer.max_steps` fresh batches. The CNF's evaluations and figures solve at
+rtol = atol = `model.eval_tol`, whatever tolerance it trained with.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import matplotlib
@@ -222,6 +226,8 @@ class FlowTask:
         self.test = self._draw(d.test_size, test_gen)
         self.fixed = self._draw(self.batch_size, torch.Generator().manual_seed(d.test_seed + 1))
         self.log_z = toy2d.log_normalizer(d.target) if self.density else None
+        if not self.density:   # -log of the true data density on the test set: the floor of test_nll
+            self.data_nll = -toy2d.data_log_density(d.name, self.test.cpu(), d.noise, d.get("factor", 0.5))
 
     def _draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Data points (maximum likelihood) or base points (density matching)."""
@@ -248,27 +254,45 @@ class FlowTask:
             return (log_q + self.energy(x)).mean()
         return -self.model.log_prob(batch).mean()
 
+    @contextlib.contextmanager
+    def eval_solver(self):
+        """Evaluations and figures solve at rtol = atol = model.eval_tol (when set), whatever training used."""
+        block = getattr(self.model, "block", None)
+        tol = self.cfg.model.get("eval_tol")
+        if block is None or tol is None:
+            yield
+            return
+        saved = block.kwargs
+        block.kwargs = dict(saved, rtol=float(tol), atol=float(tol))
+        try:
+            yield
+        finally:
+            block.kwargs = saved
+
     @torch.no_grad()
     def evaluate(self, limit: int | None) -> dict:
         self.model.eval()
         n = len(self.test) if limit is None else min(limit, len(self.test))
-        total, chunks = 0.0, 0
+        values, chunks = [], 0
         f0, _ = nfe(self.model)
-        for i in range(0, n, EVAL_CHUNK):
-            batch = self.test[i:min(i + EVAL_CHUNK, n)]
-            if self.density:
-                x, log_q = self.model.sample(batch)
-                total += (log_q + self.energy(x)).sum().item()
-            else:
-                total -= self.model.log_prob(batch).sum().item()
-            chunks += 1
+        with self.eval_solver():
+            for i in range(0, n, EVAL_CHUNK):
+                batch = self.test[i:min(i + EVAL_CHUNK, n)]
+                if self.density:   # log q(x) + U(x) at x = flow(z0): E_q of it is KL(q||p) - log Z
+                    x, log_q = self.model.sample(batch)
+                    values.append(log_q + self.energy(x))
+                else:              # -log p(x) on held-out data
+                    values.append(-self.model.log_prob(batch))
+                chunks += 1
         f1, _ = nfe(self.model)
         self.model.train()
+        v = torch.cat(values).double()
+        mean, stderr = v.mean().item(), (v.std() / math.sqrt(n)).item() if n > 1 else float("nan")
         out = dict(test_examples=n, eval_nfe_forward=(f1 - f0) / chunks)
         if self.density:
-            out.update(test_kl=total / n + self.log_z, test_kl_unnormalized=total / n, log_z=self.log_z)
+            out.update(test_kl=mean + self.log_z, test_kl_stderr=stderr, test_kl_unnormalized=mean, log_z=self.log_z)
         else:
-            out.update(test_nll=total / n)
+            out.update(test_nll=mean, test_nll_stderr=stderr, test_nll_data=self.data_nll[:n].mean().item())
         return out
 
     def memory_batch(self):
@@ -276,7 +300,8 @@ class FlowTask:
 
     def finish(self, run) -> dict:
         self.model.eval()
-        files = [plot_density(self, run.path / "density.png"), plot_stages(self, run.path / "flow.png")]
+        with self.eval_solver():
+            files = [plot_density(self, run.path / "density.png"), plot_stages(self, run.path / "flow.png")]
         self.model.train()
         return dict(figures=[f.name for f in files])
 
@@ -386,12 +411,14 @@ def check(cfg) -> None:
         _at_least(m.get("width"), "model.width", 1, integer=True)
         _at_least(m.get("hidden"), "model.hidden", 1, integer=True)
         _positive(m.get("t1"), "model.t1")
+        if m.get("eval_tol") is not None:
+            _positive(m.get("eval_tol"), "model.eval_tol")
     else:
         _at_least(m.get("depth"), "model.depth", 1, integer=True)
     if d.name == "density":
         choice(d.get("target"), "dataset.target", toy2d.TARGETS)
     else:
-        _at_least(d.get("noise"), "dataset.noise", 0)
+        _positive(d.get("noise"), "dataset.noise")
     _positive(d.get("base_std"), "dataset.base_std")
     _at_least(d.get("test_size"), "dataset.test_size", 1, integer=True)
     _at_least(d.get("test_seed"), "dataset.test_seed", 0, integer=True)

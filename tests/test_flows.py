@@ -266,3 +266,16 @@ def test_width_sweep_is_a_hydra_multirun(tmp_path):
         assert json.loads((job / "summary.json").read_text())["status"] == "ok"
         widths.append(OmegaConf.load(job / ".hydra" / "config.yaml").model.width)
     assert widths == [2, 3]
+
+
+def test_true_data_density_is_normalised_and_is_the_nll_floor():
+    axis = torch.linspace(-2.5, 2.5, 201)
+    xx, yy = torch.meshgrid(axis, axis, indexing="xy")
+    grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+    for name in toy2d.DATASETS:
+        density = toy2d.data_log_density(name, grid, noise=0.1, angles=512).exp()
+        assert density.sum().item() * (axis[1] - axis[0]).item() ** 2 == pytest.approx(1.0, abs=1e-3)
+        x = toy2d.sample_data(name, 3000, torch.Generator().manual_seed(0), noise=0.1)
+        floor = -toy2d.data_log_density(name, x, noise=0.1, angles=512).mean()
+        wrong = -toy2d.data_log_density(name, x, noise=0.2, angles=512).mean()   # a mismatched density is worse
+        assert floor < wrong - 0.1

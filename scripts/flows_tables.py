@@ -1,0 +1,116 @@
+"""Print the flow tables (test NLL on Two Circles / Two Moons, KL for U1-U4 at 2, 8, 32, seminorm NFE-B) from
+every run under the given folders. Runs are identified by their .hydra/config.yaml, never by folder names;
+when several runs share a cell, the newest is shown and the count is reported.
+
+    python scripts/flows_tables.py outputs/flows_tables [more folders]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def load_runs(roots):
+    runs = []
+    for root in roots:
+        for summary in Path(root).rglob("summary.json"):
+            config = summary.parent / ".hydra" / "config.yaml"
+            if not config.exists():
+                continue
+            cfg = OmegaConf.load(config)
+            s = json.loads(summary.read_text())
+            if cfg.get("task") == "flow" and s.get("status") == "ok":
+                runs.append((summary.stat().st_mtime, cfg, s))
+    return sorted(runs, key=lambda r: r[0])
+
+
+def size(cfg) -> int:
+    return cfg.model.width if cfg.model.name == "cnf" else cfg.model.depth
+
+
+def budget(cfg) -> str:
+    return f"{cfg.trainer.max_steps} x {cfg.trainer.batch_size}, {cfg.trainer.optimizer} lr {cfg.trainer.lr:g}"
+
+
+def fmt(x, digits=3):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def cells(runs, key):
+    """key(cfg) -> cell id or None; returns {cell: (newest run, count)}."""
+    out = {}
+    for _, cfg, s in runs:
+        k = key(cfg)
+        if k is not None:
+            out[k] = ((cfg, s), out.get(k, (None, 0))[1] + 1)
+    return out
+
+
+def nll_table(runs):
+    table = cells(runs, lambda c: (c.dataset.name, c.model.name, size(c), c.solver.adjoint_norm, c.trainer.max_steps,
+                                   c.trainer.lr) if c.dataset.name != "density" else None)
+    if not table:
+        return
+    print("Maximum likelihood: test NLL in nats on the fixed test set (+- standard error); data NLL: the true density")
+    print(f"| data set | model | params | budget | test NLL | data NLL (floor) | NFE-F / NFE-B per step | s/step | runs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (ds, model, k, norm, _, _), ((cfg, s), count) in sorted(table.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        label = f"{model.upper()} {'M' if model == 'cnf' else 'K'}={k}" + (" seminorm" if norm == "seminorm" else "")
+        print(f"| {ds} | {label} | {s.get('params', 0):,} | {budget(cfg)} | {fmt(s['test_nll'])} +- "
+              f"{fmt(s.get('test_nll_stderr'))} | {fmt(s.get('test_nll_data'))} | {fmt(s['nfe_forward'], 1)} / "
+              f"{fmt(s['nfe_backward'], 1)} | {fmt(s['sec_per_step'], 3)} | {count} |")
+    print()
+
+
+def kl_table(runs):
+    table = cells(runs, lambda c: (c.dataset.target, c.model.name, size(c)) if c.dataset.name == "density" else None)
+    if not table:
+        return
+    columns = sorted({(m, k) for (_, m, k) in table}, key=lambda mk: (mk[0] != "nf", mk[1]))
+    print("Density matching: KL(q||p) in nats on the fixed base samples (log Z by quadrature)")
+    print("| target | " + " | ".join(f"{m.upper()} {'K' if m == 'nf' else 'M'}={k}" for m, k in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for target in sorted({t for (t, _, _) in table}):
+        row = [fmt(table[(target, m, k)][0][1]["test_kl"]) if (target, m, k) in table else "-" for m, k in columns]
+        print(f"| {target.upper()} | " + " | ".join(row) + " |")
+    budgets = sorted({f"{c.model.name.upper()}: {budget(c)}" for (c, _), _ in table.values()})
+    print(f"budgets: {'; '.join(budgets)}; largest standard error "
+          f"{max(s.get('test_kl_stderr') or 0 for (_, s), _ in table.values()):.3f}")
+    print()
+
+
+def seminorm_table(runs):
+    table = cells(runs, lambda c: (c.name, c.solver.adjoint_norm, c.trainer.max_steps)
+                  if c.model.name == "cnf" and c.solver.adjoint else None)
+    pairs = [(k, table[k], table.get((k[0], "seminorm", k[2]))) for k in table if k[1] == "default"]
+    pairs = [p for p in pairs if p[2]]
+    if not pairs:
+        return
+    print("Seminorm adjoint (Kidger et al. 2021): mean NFE per training step, same seed and budget")
+    print("| experiment | adjoint_norm | NFE-F | NFE-B | s/step | test metric |")
+    print("|---|---|---|---|---|---|")
+    for (name, _, _), ((_, d), _), ((_, m), _) in pairs:
+        metric = "test_nll" if "test_nll" in d else "test_kl"
+        for norm, s in (("default", d), ("seminorm", m)):
+            print(f"| {name} | {norm} | {fmt(s['nfe_forward'], 1)} | {fmt(s['nfe_backward'], 1)} | "
+                  f"{fmt(s['sec_per_step'], 3)} | {metric} {fmt(s[metric])} |")
+        saved = 1 - m["nfe_backward"] / d["nfe_backward"]
+        print(f"NFE-B saved by seminorm on {name}: {100 * saved:.1f}%")
+    print()
+
+
+def main(argv=None):
+    roots = (argv if argv is not None else sys.argv[1:]) or ["outputs"]
+    runs = load_runs(roots)
+    if not runs:
+        sys.exit(f"no finished flow runs under {', '.join(roots)}")
+    nll_table(runs)
+    kl_table(runs)
+    seminorm_table(runs)
+
+
+if __name__ == "__main__":
+    main()
