@@ -25,15 +25,17 @@ from __future__ import annotations
 import math
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from .config import ConfigError, choice
 from .solver import ODEBlock, nfe
-from .spirals import COUNTER_CLOCKWISE, Spirals, generate, split
+from .spirals import CLOCKWISE, COUNTER_CLOCKWISE, generate, split
 
 MODELS = ("latent_ode", "rnn", "rnn_dt")
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU}
 LOG_2PI = math.log(2 * math.pi)
+REFERENCE_RTOL = 1e-7   # the tight solve that `extrap_solver_error` compares the run's solver settings with
 
 
 def gaussian_log_density(x, mean, logvar):
@@ -75,12 +77,13 @@ class LatentODE(nn.Module):
         _, h = self.encoder(torch.cat([x, t[..., None]], -1).flip(1))
         return self.to_posterior(h[-1]).chunk(2, -1)
 
-    def latent_at(self, z0, t):
+    def latent_at(self, z0, t, ode: ODEBlock | None = None):
         """z at each trajectory's own times: z0 [B, d], t [B, k] (non-negative) -> [B, k, d].
 
-        One solve on the sorted union of all times in `t` (and 0, where z0 lives), then a per-row gather."""
+        One solve on the sorted union of all times in `t` (and 0, where z0 lives), then a per-row gather.
+        `ode` replaces the model's block (same field, other solver settings) for a reference solve."""
         grid, where = torch.unique(torch.cat([t.new_zeros(1), t.reshape(-1)]), sorted=True, return_inverse=True)
-        zs = self.ode(z0, grid).transpose(0, 1)                           # [B, len(grid), d]
+        zs = (ode or self.ode)(z0, grid).transpose(0, 1)                  # [B, len(grid), d]
         index = where[1:].view(t.shape)[..., None].expand(-1, -1, zs.shape[-1])
         return torch.gather(zs, 1, index)
 
@@ -100,10 +103,10 @@ class LatentODE(nn.Module):
         noise = torch.randn(x.shape[0], self.latent_dim, generator=generator).to(x.device)
         return dict(test_elbo=self.elbo(x, t, noise).mean().item())
 
-    def forecast(self, x, t, t_out):
+    def forecast(self, x, t, t_out, ode: ODEBlock | None = None):
         """Decoded x at times t_out [k] for each trajectory, from the posterior mean of z0."""
         mean, _ = self.posterior(x, t)
-        return self.decoder(self.latent_at(mean, t_out.expand(len(x), -1)))
+        return self.decoder(self.latent_at(mean, t_out.expand(len(x), -1), ode))
 
     def reconstruct(self, x, t):
         """(times, predictions) at the observed times, from the posterior mean."""
@@ -204,7 +207,13 @@ class SpiralTask:
         idx = torch.searchsorted(test.times, t_rec.contiguous())
         rec_truth = torch.gather(test.truth, 1, idx[..., None].expand(-1, -1, 2))
         self.model.train()
+        per_traj = ((pred - truth) ** 2).mean((1, 2))                     # MSE of each trajectory
+        by_dir = {d: per_traj[test.direction == d] for d in (CLOCKWISE, COUNTER_CLOCKWISE)}
         return dict(test_rmse=rmse(pred, truth), **result, test_recon_rmse=rmse(rec, rec_truth),
+                    test_rmse_clockwise=by_dir[CLOCKWISE].mean().sqrt().item() if len(by_dir[CLOCKWISE]) else None,
+                    test_rmse_counter_clockwise=(by_dir[COUNTER_CLOCKWISE].mean().sqrt().item()
+                                                 if len(by_dir[COUNTER_CLOCKWISE]) else None),
+                    test_rmse_median=per_traj.sqrt().median().item(),
                     test_trajectories=len(test), eval_nfe_forward=f1 - f0)
 
     def memory_batch(self):
@@ -212,11 +221,29 @@ class SpiralTask:
 
     def finish(self, run) -> dict:
         files = [spirals_figure(self, run.path / "spirals.png")]
+        extra = {}
         if isinstance(self.model, LatentODE):
             files.append(latent_figure(self, run.path / "latent.png"))
+            extra = self.solver_error()
         d = self.cfg.dataset
         return dict(figures=[f.name for f in files], n_obs=int(d.n_obs), n_train=len(self.train),
-                    n_test=len(self.test), rmse_target="noise-free spiral at the n_extrap points after the window")
+                    n_test=len(self.test), rmse_target="noise-free spiral at the n_extrap points after the window",
+                    **extra)
+
+    @torch.no_grad()
+    def solver_error(self, rtol: float = REFERENCE_RTOL) -> dict:
+        """How far the run's solver settings are from a tight reference solve on the test extrapolation:
+        the RMS difference of the two predictions (small against test_rmse: the tolerance is not the limit)."""
+        x, t = self.test.observations()
+        t_ext, _ = self.test.extrapolation()
+        ref = ODEBlock(self.model.ode.field.field, OmegaConf.merge(
+            self.cfg.solver, dict(method="dopri5", rtol=rtol, atol=rtol / 10, adjoint=False, max_num_steps=None)))
+        self.model.eval()
+        pred = self.model.forecast(x, t, t_ext)
+        exact = self.model.forecast(x, t, t_ext, ode=ref)
+        self.model.train()
+        return dict(extrap_solver_error=rmse(pred, exact), extrap_solver_error_reference=f"dopri5 rtol {rtol:g}",
+                    extrap_nfe_forward_reference=ref.nfe_forward)
 
 
 @torch.no_grad()

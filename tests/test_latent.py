@@ -158,6 +158,9 @@ def test_tiny_end_to_end_run_writes_its_files(tmp_path, experiment, figures, met
         assert isinstance(summary[key], float | int), key
     assert summary["test_rmse"] > 0 and summary["n_obs"] == 12 and summary["figures"] == figures
     assert (summary["nfe_forward"] > 0) == (experiment == "spiral_latent_ode")
+    if experiment == "spiral_latent_ode":                              # the tolerance check against rtol 1e-7
+        assert 0 <= summary["extrap_solver_error"] < 0.1 and summary["extrap_nfe_forward_reference"] > 0
+    assert summary["test_rmse_clockwise"] > 0 and summary["test_rmse_counter_clockwise"] > 0
     for name in figures:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert not (out / "latent.png").exists() or experiment == "spiral_latent_ode"
