@@ -463,7 +463,7 @@ def memory_rows(args, device, log) -> list[dict]:
                          adjoint=bool(cfg.solver.adjoint) if model_name != "resnet" else None,
                          batch=len(x), nfe_forward=f1 - f0, nfe_backward=b1 - b0, activation_bytes=act,
                          peak_memory_bytes=peak, peak_memory_method=peak_memory_method(device),
-                         largest_saved=saved_by_shape(model, loss_fn)))
+                         largest_saved=saved_by_shape(model, loss_fn) if model_name == "odenet" else None))
         log(f"  memory {model_name} {setting}: NFE {f1 - f0}/{b1 - b0}, activations {act / MiB:.2f} MiB, "
             f"peak {peak / MiB:.2f} MiB")
     return rows
@@ -611,7 +611,8 @@ def parse(argv):
                    help="what to measure (default: step, then memory)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/<time>)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a shared CPU more threads "
+                   "mostly wait for each other; every runner gets the same)")
     p.add_argument("--data-root", type=Path, default=None, help="MNIST root (default: node-run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=128)

@@ -67,6 +67,38 @@ def _combine(ks, coeffs, base=None):
     return out if base is None else out.add_(base)
 
 
+def _real_dtype(y: torch.Tensor) -> torch.dtype:
+    """The dtype of y.abs() (torchdiffeq's idiom), without computing y.abs()."""
+    return y.real.dtype if y.is_complex() else y.dtype
+
+
+@torch.no_grad()
+def _fast_error_ratio(error_estimate, rtol, atol, y0, y1, norm):
+    """torchdiffeq's `_compute_error_ratio`, norm(error / (atol + rtol * max(|y0|, |y1|))), with one temporary
+    instead of five and no autograd graph (the ratio only steers the step size, which torchdiffeq computes without
+    gradients too)."""
+    tol = y0.abs()
+    torch.maximum(tol, y1.abs(), out=tol)
+    tol.mul_(rtol).add_(atol)
+    return norm(torch.div(error_estimate, tol, out=tol)).abs()
+
+
+def _fast_perturb_forward(self, t, y, *, perturb=None):
+    """torchdiffeq's `_PerturbFunc.forward` without the y.abs() it computes on every evaluation to find a dtype."""
+    from torchdiffeq._impl.misc import Perturb, _nextafter
+
+    perturb = Perturb.NONE if perturb is None else perturb
+    assert isinstance(perturb, Perturb), "perturb argument must be of type Perturb enum"
+    if torch.is_complex(t):
+        t = t.real
+    t = t.to(_real_dtype(y))
+    if perturb is Perturb.NEXT:
+        t = _nextafter(t, t + 1)
+    elif perturb is Perturb.PREV:
+        t = _nextafter(t, t - 1)
+    return self.base_func(t, y)
+
+
 def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     """Drop-in for torchdiffeq's `_runge_kutta_step`; returns the stages as a list instead of a stacked buffer.
 
@@ -79,7 +111,7 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     if dt.requires_grad:
         y1, f1, y1_error, k = _runge_kutta_step(func, y0, f0, t0, dt, t1, tableau)
         return y1, f1, y1_error, list(k.unbind(-1))
-    t_dtype = y0.abs().dtype
+    t_dtype = _real_dtype(y0)
     t0, dt, t1 = t0.to(t_dtype), dt.to(t_dtype), t1.to(t_dtype)
     rows = [*tableau.beta, tableau.c_sol, tableau.c_error]
     flat = (torch.cat(rows) * dt).tolist()              # the float32 coefficients torchdiffeq forms, one host read
@@ -140,14 +172,24 @@ def _register_fast_solvers() -> dict:
     if not hasattr(rk_common, "_runge_kutta_step") or "_runge_kutta_step" not in base._adaptive_step.__code__.co_names:
         return {}   # another torchdiffeq layout: keep its own arithmetic
     original = base._adaptive_step
-    step = types.FunctionType(original.__code__, {**vars(rk_common), "_runge_kutta_step": _fast_runge_kutta_step},
+    swapped = {"_runge_kutta_step": _fast_runge_kutta_step}
+    if "_compute_error_ratio" in original.__code__.co_names:
+        swapped["_compute_error_ratio"] = _fast_error_ratio
+    step = types.FunctionType(original.__code__, {**vars(rk_common), **swapped},
                               original.__name__, original.__defaults__, original.__closure__)
+    perturb = getattr(importlib.import_module("torchdiffeq._impl.misc"), "_PerturbFunc", None)
+
+    def __init__(self, func, *args, **kwargs):
+        if perturb is not None and type(func) is perturb:   # this solve's own wrapper: a per-instance override
+            func.forward = types.MethodType(_fast_perturb_forward, func)
+        super(type(self), self).__init__(func, *args, **kwargs)
+
     fast = {}
     for name, cls in list(_REGISTRY.items()):
         if isinstance(cls, type) and issubclass(cls, base) and FAST_SUFFIX not in name:
             fast[name] = name + FAST_SUFFIX
-            _REGISTRY[fast[name]] = type(cls.__name__ + "FastRK", (cls,),
-                                         {"_adaptive_step": step, "_interp_fit": _fast_interp_fit})
+            _REGISTRY[fast[name]] = type(cls.__name__ + "FastRK", (cls,), {
+                "__init__": __init__, "_adaptive_step": step, "_interp_fit": _fast_interp_fit})
     return fast
 
 
