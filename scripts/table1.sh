@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Table 1 of the paper (MNIST): test error, parameters, memory, time and NFE of MLP, ResNet, RK-Net and ODE-Net.
+#
+#   scripts/table1.sh                  # trainer=quick: 200 steps per model (minutes on a CPU)
+#   FULL=1 scripts/table1.sh           # the paper's schedule: 160 epochs (a GPU: LAUNCHER=slurm or device=cuda)
+#   STEPS=100 scripts/table1.sh        # cap the steps, to check the machinery
+#   scripts/table1.sh seed=0,1,2       # extra overrides for every run (here: 3 seeds, averaged in the table)
+#
+# Switches (FULL, STEPS, LAUNCHER, JOBS, OUT): scripts/_paper.sh. Runs go to $OUT/runs, the report (report.md,
+# table1.csv, ...) to $OUT/report.
+source "$(dirname "$0")/_paper.sh"
+
+sweep "$OUT/runs" experiment=mnist_mlp,mnist_resnet,mnist_rknet,mnist_odenet "$@"
+report "$OUT/runs"
+exit $STATUS
