@@ -231,3 +231,15 @@ def test_bad_input_is_one_line(argv, message, capsys):
     assert bench.main(argv + ["--out", "/nonexistent/never"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cost_to_target_counts_steps_seconds_and_evaluations_until_the_first_good_evaluation():
+    rows = [dict(step=10, sec_per_step=0.5, test_rmse=2.0, nfe_forward=20, nfe_backward=0),
+            dict(step=20, sec_per_step=1.0, test_rmse=1.2, nfe_forward=26, nfe_backward=0),
+            dict(step=40, sec_per_step=0.25, test_rmse=0.9, nfe_forward=32, nfe_backward=10)]
+    got = bench.to_target(rows, "test_rmse", 1.2)
+    assert got == dict(reached_at_step=20, steps=20, seconds=15.0, seconds_median=15.0, nfe=460.0)
+    got = bench.to_target(rows, "test_rmse", 0.9)
+    assert (got["reached_at_step"], got["seconds"], got["seconds_median"], got["nfe"]) == (40, 20.0, 20.0, 1300.0)
+    never = bench.to_target(rows, "test_rmse", 0.5)
+    assert never["reached_at_step"] is None and never["steps"] == 40      # never reached: all it trained
