@@ -589,7 +589,7 @@ def table2(rep: Report) -> None:
                 figures.append((label, model, n, used[0]))
     rep.add(*md_table(["model", "observations", "test RMSE", "paper", "budget", "runs"], rows_md))
     rep.add(f"CSV: `{rep.csv('table2.csv', rows_csv)}`. RMSE of the extrapolation beyond the observed window on "
-            "the test spirals (the family's evaluation protocol: docs of the spirals family). The paper has no "
+            "the test spirals (the family's evaluation protocol: docs/latent_ode.md). The paper has no "
             "'RNN + time gaps' row.", "")
     fig8 = [(lbl, n, run, rep.copy(run, "spirals.png", f"fig8_{model}_n{n}_{run.id}.png"))
             for lbl, model, n, run in figures]
@@ -635,13 +635,15 @@ def _flows_ml(rep: Report, runs) -> None:
             if not cell:
                 continue
             rep.mark(used, "Figures 5-6")
-            nll = mean(used, "test_nll")
+            nll, se, floor = mean(used, "test_nll"), mean(used, "test_nll_stderr"), mean(used, "test_nll_data")
             cap = _capacity(used[0]) if used else None
-            rows_md.append([data, f"{label} ({key} = {cap})" if used else label, fmt(nll),
+            rows_md.append([data, f"{label} ({key} = {cap})" if used else label,
+                            fmt(nll) + (f" ± {se:.4f}" if se is not None else ""), fmt(floor),
                             "– (figures only; paper: CNF M=64 vs NF K=64)", fmt(mean(used, "nfe_forward"), ".1f"),
                             fmt(mean(used, "sec_per_step"), ".3f"), f"{used[0].steps} steps" if used else "no finished run",
                             rep.runs_cell(used, skipped)])
-            rows_csv.append(dict(dataset=data, model=label, capacity=cap, test_nll=nll, paper="figures only",
+            rows_csv.append(dict(dataset=data, model=label, capacity=cap, test_nll=nll, test_nll_stderr=se,
+                                 data_nll=floor, paper="figures only",
                                  nfe_forward=mean(used, "nfe_forward"), sec_per_step=mean(used, "sec_per_step"),
                                  steps=used[0].steps if used else None, **run_fields(used)))
             if used:
@@ -649,9 +651,11 @@ def _flows_ml(rep: Report, runs) -> None:
                 pics += [(f"{label} on {data}: {what} ({r.id})",
                           rep.copy(r, f"{what}.png", f"fig5_6_{model}_{data}_{what}_{r.id}.png"))
                          for what in ("flow", "density")]
-    rep.add(*md_table(["data", "flow", "test NLL (nats)", "paper", "NFE-F", "s / step", "budget", "runs"], rows_md))
-    rep.add(f"CSV: `{rep.csv('flows_ml.csv', rows_csv)}`. The paper shows these as figures (samples and density "
-            "along the flow), without numbers.", "")
+    rep.add(*md_table(["data", "flow", "test NLL (nats)", "true density's NLL", "paper", "NFE-F", "s / step",
+                       "budget", "runs"], rows_md))
+    rep.add(f"CSV: `{rep.csv('flows_ml.csv', rows_csv)}`. Test NLL ± its standard error on the family's fixed test "
+            "set; the true density's NLL on the same points is the floor (docs/flows.md). The paper shows these as "
+            "figures (samples and density along the flow), without numbers.", "")
     rep.add(*[f"- {text}: ![{text}]({f})" for text, f in pics if f], "")
 
 
@@ -672,11 +676,11 @@ def _flows_density(rep: Report, runs) -> None:
                 continue
             used, skipped = select(cells[(t, m, cap)])
             rep.mark(used, "Figure 4")
-            kl = mean(used, "test_kl")
+            kl, se = mean(used, "test_kl"), mean(used, "test_kl_stderr")
             label = f"{'NF K' if m == 'nf' else 'CNF M'} = {cap}"
-            rows_md.append([t.upper(), label, fmt(kl), "– (figure only)", f"{used[0].steps} steps" if used else
+            rows_md.append([t.upper(), label, fmt(kl) + (f" ± {se:.4f}" if se is not None else ""), "– (figure only)", f"{used[0].steps} steps" if used else
                             "no finished run", rep.runs_cell(used, skipped)])
-            rows_csv.append(dict(target=t, flow=m, capacity=cap, test_kl=kl, paper="figure only",
+            rows_csv.append(dict(target=t, flow=m, capacity=cap, test_kl=kl, test_kl_stderr=se, paper="figure only",
                                  steps=used[0].steps if used else None, **run_fields(used)))
             if used:
                 chosen[(t, m, cap)] = (kl, used[0])

@@ -75,4 +75,6 @@ family() {
         STATUS=1
         RUNS=$parent
     fi
+    mkdir -p "$OUT"
+    echo "$RUNS" > "$OUT/RUNS"   # for reproduce_all.sh: these runs live outside $OUT
 }

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every paper artefact this project reproduces, then one report of them all:
+#   Table 1 (table1.sh), the memory figure (memory.sh), Figure 3 (figure3.sh, on Table 1's ODE-Net: no second
+#   training), Table 2 and Figures 8-9 (table2.sh), Figures 4-6 (figures4_6.sh).
+#
+#   scripts/reproduce_all.sh                       # trainer=quick everywhere (CPU: a few hours on 2 cores)
+#   FULL=1 LAUNCHER=slurm SLURM_ARGS="hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1" \
+#       scripts/reproduce_all.sh                   # the paper's budgets on a SLURM cluster
+#
+# Switches (FULL, STEPS, LAUNCHER, JOBS, OUT): scripts/_paper.sh; every script gets the same ones, and its own
+# folder $OUT/<script>. The combined report is $OUT/report/report.md.
+source "$(dirname "$0")/_paper.sh"
+ROOT=$OUT
+
+for script in table1 memory table2 figures4_6; do
+    OUT=$ROOT/$script "$SCRIPTS/$script.sh" "$@" || STATUS=1
+done
+# Table 1's ODE-Net run, found by its config (never by folder name)
+RUN=$(python - "$ROOT/table1/runs" <<'PY'
+import sys
+from pathlib import Path
+from omegaconf import OmegaConf
+for cfg in sorted(Path(sys.argv[1]).rglob(".hydra/config.yaml")):
+    if OmegaConf.load(cfg).model.name == "odenet" and (cfg.parent.parent / "checkpoint.pt").is_file():
+        print(cfg.parent.parent)
+        break
+PY
+)
+if [[ -n "$RUN" ]]; then
+    OUT=$ROOT/figure3 RUN=$RUN "$SCRIPTS/figure3.sh" || STATUS=1
+else
+    echo "reproduce_all: Table 1 made no ODE-Net checkpoint; training one for Figure 3" >&2
+    OUT=$ROOT/figure3 "$SCRIPTS/figure3.sh" "$@" || STATUS=1
+fi
+OUT=$ROOT
+EXTERNAL=()
+for f in "$ROOT"/*/RUNS; do
+    if [[ -f "$f" ]]; then EXTERNAL+=("$(cat "$f")"); fi
+done
+report "$ROOT" ${EXTERNAL[@]+"${EXTERNAL[@]}"}
+exit $STATUS
