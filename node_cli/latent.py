@@ -346,8 +346,8 @@ def check(cfg) -> None:
         _int_in(d[key], f"dataset.{key}", 1)
     _int_in(d.seed, "dataset.seed", 0)
     low = 1 if m.name == "latent_ode" else 2
-    why = "" if low == 1 else f" (the {m.name} baseline predicts each observation from the ones before it)"
-    _int_in(d.n_obs, "dataset.n_obs", low, int(d.n_points), why + f" (dataset.n_points={d.n_points})")
+    why = "" if low == 1 else f"; the {m.name} baseline predicts each observation from the ones before it"
+    _int_in(d.n_obs, "dataset.n_obs", low, int(d.n_points), f" (dataset.n_points={d.n_points}{why})")
     if d.n_total < 2 * d.n_points + d.n_extrap:
         raise ConfigError(f"dataset.n_total={d.n_total} is too small: windows of n_points + n_extrap start at "
                           f"least n_points into the grid, so it must be >= {2 * d.n_points + d.n_extrap}")

@@ -59,15 +59,18 @@ for model in ("rnn", "rnn_dt", "latent_ode"):
         print(f"| {NAMES[model]} (paper) | " + " | ".join(f"{PAPER[model].get(n, '-')}" for n in cols) + " |")
 
 print("\nPer run: test metrics, NFE per training step (forward / backward), time")
-print("| model | n_obs | test_rmse | test_recon_rmse | test_elbo / test_nll | NFE-F / NFE-B | s/step | wall s | solver |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| model | n_obs | test_rmse | clockwise / counter-cl. | median | test_recon_rmse | test_elbo / test_nll "
+      "| NFE-F / NFE-B | s/step | wall s | solver |")
+print("|---" * 11 + "|")
 for (model, n), (cfg, s, path) in sorted(runs.items()):
     if s.get("status") != "ok":
-        print(f"| {NAMES[model]} | {n} | {s.get('status')}: {s.get('error')} | | | | | | |")
+        print(f"| {NAMES[model]} | {n} | {s.get('status')}: {s.get('error')} |" + " |" * 8)
         continue
     like = f"ELBO {s['test_elbo']:.2f}" if "test_elbo" in s else f"NLL {s['test_nll']:.2f}"
     solver = (f"{cfg.solver.method} rtol {cfg.solver.rtol:g} atol {cfg.solver.atol:g}"
-              f"{' adjoint' if cfg.solver.adjoint else ''}" if model == "latent_ode" else "-")
-    print(f"| {NAMES[model]} | {n} | {s['test_rmse']:.4f} | {s['test_recon_rmse']:.4f} | {like} | "
+              f"{' adjoint' if cfg.solver.adjoint else ''}; error vs rtol 1e-7: {s['extrap_solver_error']:.4f}"
+              if model == "latent_ode" else "-")
+    print(f"| {NAMES[model]} | {n} | {s['test_rmse']:.4f} | {s['test_rmse_clockwise']:.3f} / "
+          f"{s['test_rmse_counter_clockwise']:.3f} | {s['test_rmse_median']:.3f} | {s['test_recon_rmse']:.4f} | {like} | "
           f"{s['nfe_forward']:.1f} / {s['nfe_backward']:.1f} | {s['sec_per_step']:.3f} | {s['wall_time']:.0f} | {solver} |")
 EOF
