@@ -242,7 +242,7 @@ def select(cands: list[Run]) -> tuple[list[Run], list[tuple[Run, str]]]:
     ok = [r for r in cands if r.ok]
     top = max((r.steps for r in ok), default=0)
     used = [r for r in ok if r.steps == top]
-    skipped = [(r, r.status if not r.ok else f"shorter budget ({r.steps} steps)") for r in cands if r not in used]
+    skipped = [(r, r.status if not r.ok else f"shorter budget: {r.steps} steps") for r in cands if r not in used]
     return used, skipped
 
 
@@ -264,7 +264,7 @@ def pct(v):
 
 def md_table(header, rows) -> list[str]:
     cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return (["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows] + [""])
 
 
@@ -293,9 +293,8 @@ class Report:
             if where not in r.used:
                 r.used.append(where)
 
-    def of(self, task, model=None, ok_only=False, **config) -> list[Run]:
-        out = [r for r in self.runs if r.known and r.task == task and (model is None or r.model == model)
-               and all(r.c(k.replace("__", ".")) == v for k, v in config.items())]
+    def of(self, task, model=None, ok_only=False) -> list[Run]:
+        out = [r for r in self.runs if r.known and r.task == task and (model is None or r.model == model)]
         return [r for r in out if r.ok] if ok_only else out
 
     def paper_setting(self, runs, ignore=()) -> list[Run]:
@@ -362,7 +361,7 @@ def table1(rep: Report) -> None:
         sps, nf, nb = mean(used, "sec_per_step"), mean(used, "nfe_forward"), mean(used, "nfe_backward")
         steps, epochs = (used[0].steps, used[0].summary.get("epochs")) if used else (None, None)
         examples = mean(used, "test_examples")
-        budget = f"{steps} steps ({epochs} epochs)" if used else "no finished run"
+        budget = (f"{steps} steps" + (f" ({epochs} epochs)" if epochs else "")) if used else "no finished run"
         if examples is not None and examples != 10000:
             budget += f", {int(examples)} test images"
         rows_md.append([label, pct(err), pct(p_err), fmt(params, ",.0f"), f"{p_params / 1e6:.2f}M",
@@ -688,27 +687,39 @@ def _flows_density(rep: Report, runs) -> None:
     rep.add(f"CSV: `{rep.csv('figure4.csv', rows_csv)}`.", "")
     if not chosen:
         return
+    from matplotlib.ticker import NullFormatter
     fig, axes = plt_figure(1, len(targets), figsize=(4 * len(targets), 3.6), squeeze=False)
     for ax, t in zip(axes[0], targets):
         for m, name in (("nf", "NF (K)"), ("cnf", "CNF (M)")):
             pts = sorted((cap, v[0]) for (tt, mm, cap), v in chosen.items() if tt == t and mm == m and v[0] is not None)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
-        ax.set(xscale="log", xlabel="K (NF) or M (CNF)", ylabel="test KL(q||p)", title=t.upper())
+        caps = sorted({cap for (tt, _, cap) in chosen if tt == t})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(caps, [str(c) for c in caps])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set(xlabel="K (NF) or M (CNF)", ylabel="test KL(q||p)", title=t.upper())
         ax.legend(fontsize=8)
     fig.tight_layout()
     rep.add(f"Loss against K/M: ![Figure 4 loss]({rep.savefig(fig, 'figure4_loss.png')})", "")
     import matplotlib.pyplot as plt
-    fig, axes = plt_figure(len(targets), len(columns), figsize=(2.2 * len(columns), 2.2 * len(targets)), squeeze=False)
+    tiles = {}
+    for key, (_, run) in chosen.items():
+        if (run.path / "density.png").is_file():
+            tiles[key] = plt.imread(run.path / "density.png")
+        else:
+            run.problems.append("figure density.png missing")
+    aspect = min((img.shape[0] / img.shape[1] for img in tiles.values()), default=1.0)   # height / width
+    width = 2.4 / max(aspect, 0.3)
+    fig, axes = plt_figure(len(targets), len(columns), figsize=(width * len(columns), 2.4 * len(targets) + 0.3),
+                           squeeze=False)
     for i, t in enumerate(targets):
         for j, (m, cap) in enumerate(columns):
             ax = axes[i][j]
             ax.axis("off")
-            ax.set_title(f"{t.upper()} {'NF K' if m == 'nf' else 'CNF M'}={cap}", fontsize=7)
-            kl_run = chosen.get((t, m, cap))
-            png = kl_run[1].path / "density.png" if kl_run else None
-            if png is not None and png.is_file():
-                ax.imshow(plt.imread(png))
+            ax.set_title(f"{t.upper()} {'NF K' if m == 'nf' else 'CNF M'}={cap}", fontsize=8)
+            if (t, m, cap) in tiles:
+                ax.imshow(tiles[(t, m, cap)])
             else:
                 ax.text(0.5, 0.5, "no run", ha="center", va="center", fontsize=8, transform=ax.transAxes)
     fig.tight_layout()

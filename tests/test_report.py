@@ -82,6 +82,9 @@ def mnist(tmp_path_factory, small_mnist):
     (broken / "half_written" / "summary.json").unlink()
     with open(broken / "half_written" / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "test_err')
+    shutil.copytree(root / "table1" / "0", broken / "torn")                   # a summary cut in the middle
+    text = (broken / "torn" / "summary.json").read_text()
+    (broken / "torn" / "summary.json").write_text(text[: len(text) // 2])
     shutil.copytree(root / "table1" / "0", broken / "alien")                  # a run of a kind nobody knows
     cfg = OmegaConf.load(broken / "alien" / ".hydra" / "config.yaml")
     cfg.task = "alien"
@@ -162,10 +165,13 @@ def test_bad_runs_are_listed_and_the_rest_is_made(built, mnist):
     half = runs[str((root / "broken" / "half_written").resolve())]
     assert half["status"] == "unfinished" and "no summary.json" in half["problems"]
     assert "unreadable line" in half["problems"]
+    torn = runs[str((root / "broken" / "torn").resolve())]
+    assert torn["status"] == "unreadable" and "not valid JSON" in torn["problems"]
     assert "unknown kind" in runs[str((root / "broken" / "alien").resolve())]["problems"]
     failed = [row for row in runs.values() if row["status"] == "failed"]
     assert len(failed) == 1 and "max_num_steps" in failed[0]["problems"]
     assert f"{half['run_id']} (unfinished)" in md                      # named in the MLP row, not dropped
+    assert f"{torn['run_id']} (unreadable)" in md
     assert "empty: no runs found" in md and "missing: no such folder" in md
     assert "## Table 1" in md and "## Figure 3" in md and "## Problems" in md
 
