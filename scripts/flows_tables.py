@@ -1,5 +1,5 @@
 """Print the flow tables (test NLL on Two Circles / Two Moons, KL for U1-U4 at 2, 8, 32, seminorm NFE-B) from
-every run under the given folders. Runs are identified by their .hydra/config.yaml, never by folder names;
+every run under the given folders, and plot KL against K/M (Figure 4) into the first folder as kl_vs_size.png. Runs are identified by their .hydra/config.yaml, never by folder names;
 when several runs share a cell, the newest is shown and the count is reported.
 
     python scripts/flows_tables.py outputs/flows_tables [more folders]
@@ -65,7 +65,7 @@ def nll_table(runs):
     print()
 
 
-def kl_table(runs):
+def kl_table(runs, figure):
     table = cells(runs, lambda c: (c.dataset.target, c.model.name, size(c)) if c.dataset.name == "density" else None)
     if not table:
         return
@@ -76,10 +76,34 @@ def kl_table(runs):
     for target in sorted({t for (t, _, _) in table}):
         row = [fmt(table[(target, m, k)][0][1]["test_kl"]) if (target, m, k) in table else "-" for m, k in columns]
         print(f"| {target.upper()} | " + " | ".join(row) + " |")
+    plot_kl(table, columns, figure)
     budgets = sorted({f"{c.model.name.upper()}: {budget(c)}" for (c, _), _ in table.values()})
     print(f"budgets: {'; '.join(budgets)}; largest standard error "
           f"{max(s.get('test_kl_stderr') or 0 for (_, s), _ in table.values()):.3f}")
     print()
+
+
+def plot_kl(table, columns, path):
+    """Figure 4's bottom panel: KL against K (NF) and M (CNF), one line per target and model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, target in enumerate(sorted({t for (t, _, _) in table})):
+        for model, style in (("nf", "--"), ("cnf", "-")):
+            ks = sorted(k for m, k in columns if m == model and (target, m, k) in table)
+            if ks:
+                ax.plot(ks, [table[(target, model, k)][0][1]["test_kl"] for k in ks], style, marker="o",
+                        color=f"C{i}", label=f"{model.upper()} {target.upper()}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("K (NF layers) or M (CNF width)")
+    ax.set_ylabel("KL(q||p), nats")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"figure: {path}")
 
 
 def seminorm_table(runs):
@@ -108,7 +132,7 @@ def main(argv=None):
     if not runs:
         sys.exit(f"no finished flow runs under {', '.join(roots)}")
     nll_table(runs)
-    kl_table(runs)
+    kl_table(runs, Path(roots[0]) / "kl_vs_size.png")
     seminorm_table(runs)
 
 
