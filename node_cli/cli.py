@@ -144,6 +144,14 @@ def precheck(argv: list[str]) -> None:
                     raise ConfigError(f"unknown {group} {v!r}; accepted: {', '.join(options(group))}")
     jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [args]
     with initialize_config_module(config_module="node_cli.conf", version_base="1.3"):
+        if multirun:  # Hydra first composes the command line without its swept values: that must work too
+            fixed = [a for a, o in zip(args, parsed) if not o.is_sweep_override()]
+            try:
+                compose("config", overrides=fixed)
+            except Exception as exc:
+                raise ConfigError(f"{one_line(exc)} (a multirun first composes the command line without its "
+                                  "swept values: also name the config group that has this key, e.g. "
+                                  "dataset=spirals)") from None
         for job in jobs[:MAX_PRECHECK]:
             try:
                 cfg = compose("config", overrides=job, return_hydra_config=not multirun)

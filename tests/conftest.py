@@ -37,6 +37,6 @@ def fake_mnist(tmp_path_factory) -> Path:
 
 def node_run(*args, cwd=None, timeout=300):
     """Run the node-run CLI in a subprocess, as a user would; returns CompletedProcess (text)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return subprocess.run([sys.executable, "-m", "node_cli.cli", *args], cwd=cwd or tempfile.gettempdir(), env=env,
                           capture_output=True, text=True, timeout=timeout)

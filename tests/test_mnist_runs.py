@@ -60,6 +60,7 @@ def test_odenet_learns_the_fake_digits(tmp_path, fake_mnist):
     (["solver.rtol=0"], "solver.rtol=0 is not allowed"),
     (["solver.atol=-1e-4"], "solver.atol=-0.0001 is not allowed"),
     (["-m", "solver.rtol=1e-3,-1e-2"], "solver.rtol=-0.01 is not allowed"),
+    (["-m", "experiment=spiral_rnn,spiral_rnn_dt", "dataset.n_obs=30"], "also name the config group"),
 ])
 def test_bad_input_is_one_line_and_no_run_folder(tmp_path, args, message):
     out = tmp_path / "never"
