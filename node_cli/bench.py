@@ -592,6 +592,8 @@ def family_rows(args, out: Path, log) -> list[dict]:
                              metric=metric, target=target, final=s.get(metric), status=s.get("status"),
                              steps=s.get("steps"), nfe_forward=s.get("nfe_forward"),
                              nfe_backward=s.get("nfe_backward"), sec_per_step=s.get("sec_per_step"),
+                             examples_per_sec=s.get("examples_per_sec"), activation_bytes=s.get("activation_bytes"),
+                             peak_memory_bytes=s.get("peak_memory_bytes"),
                              reached_at_step=cost["reached_at_step"], seconds_to_target=cost["seconds"],
                              seconds_median_to_target=cost["seconds_median"], nfe_to_target=cost["nfe"],
                              ratio_seconds=cost["seconds"] / base["seconds"] if ok else None,
@@ -603,7 +605,9 @@ def family_rows(args, out: Path, log) -> list[dict]:
 FAMILY_COLUMNS = [
     ("family", "family", str), ("runner", "solved at", str), ("rtol", "rtol", "{:g}"), ("atol", "atol", "{:g}"),
     ("metric", "metric", str), ("final", "final", "{:.4f}"), ("nfe_forward", "NFE-F", "{:.1f}"),
-    ("nfe_backward", "NFE-B", "{:.1f}"), ("reached_at_step", "target at step", "{}"),
+    ("nfe_backward", "NFE-B", "{:.1f}"), ("sec_per_step", "s/step", "{:.3f}"),
+    ("examples_per_sec", "examples/s", "{:.0f}"), ("activation_bytes", "activations MiB", "mib"),
+    ("peak_memory_bytes", "peak MiB", "mib"), ("reached_at_step", "target at step", "{}"),
     ("nfe_to_target", "NFE to target", "{:.0f}"), ("seconds_to_target", "s to target", "{:.1f}"),
     ("seconds_median_to_target", "s to target (median s/step)", "{:.1f}"), ("ratio_nfe", "ratio NFE", "{:.2f}x"),
     ("ratio_seconds", "ratio s", "{:.2f}x"), ("ratio_seconds_median", "ratio s (median)", "{:.2f}x")]
