@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import warnings
 from typing import Callable
 
@@ -58,6 +60,20 @@ def activation_bytes(model: nn.Module, forward: Callable[[], torch.Tensor]) -> i
     return meter.bytes
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 to /dev/null for the block (C++ libraries write there directly)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def peak_memory(model: nn.Module, forward: Callable[[], torch.Tensor], device: torch.device) -> int:
     """Run forward + backward once; return the peak bytes allocated above the starting level."""
     model.zero_grad(set_to_none=True)
@@ -71,7 +87,7 @@ def peak_memory(model: nn.Module, forward: Callable[[], torch.Tensor], device: t
     else:
         from torch.profiler import ProfilerActivity, profile
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_stderr():   # the C++ profiler logs to fd 2
             warnings.simplefilter("ignore")
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
                 forward().backward()
