@@ -345,13 +345,18 @@ def _title(task) -> str:
     return f"{m.name.upper()} ({size}), {what}"
 
 
+def _plot_inputs(task, points: int, samples: int):
+    """The plot's half-width, a points x points grid over it, and fixed base samples (seed 0)."""
+    limit = PLOT_LIMIT[task.cfg.dataset.name]
+    gen = torch.Generator().manual_seed(0)
+    z0 = (task.cfg.dataset.base_std * torch.randn(samples, 2, generator=gen)).to(task.device)
+    return limit, _grid(limit, points, task.device), z0
+
+
 @torch.no_grad()
 def plot_density(task, path, points: int = 120, samples: int = 2000):
     """Target (density, or data samples) beside the learned density and samples from the model."""
-    limit = PLOT_LIMIT[task.cfg.dataset.name]
-    grid = _grid(limit, points, task.device)
-    gen = torch.Generator().manual_seed(0)
-    z0 = (task.cfg.dataset.base_std * torch.randn(samples, 2, generator=gen)).to(task.device)
+    limit, grid, z0 = _plot_inputs(task, points, samples)
     x, _ = task.model.sample(z0)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
     if task.density:
@@ -371,10 +376,7 @@ def plot_density(task, path, points: int = 120, samples: int = 2000):
 @torch.no_grad()
 def plot_stages(task, path, points: int = 100, samples: int = 2000):
     """Figures 5-6: samples (top) and density (bottom) from the base (0%) to the data (100%) of the flow."""
-    limit = PLOT_LIMIT[task.cfg.dataset.name]
-    grid = _grid(limit, points, task.device)
-    gen = torch.Generator().manual_seed(0)
-    z0 = (task.cfg.dataset.base_std * torch.randn(samples, 2, generator=gen)).to(task.device)
+    limit, grid, z0 = _plot_inputs(task, points, samples)
     stages = task.model.stages(z0, grid)
     unit = "of the flow time" if task.cfg.model.name == "cnf" else "of the layers"
     fig, axes = plt.subplots(2, len(FRACTIONS), figsize=(2.2 * len(FRACTIONS), 4.6))
