@@ -297,6 +297,14 @@ class Report:
         out = [r for r in self.runs if r.known and r.task == task and (model is None or r.model == model)]
         return [r for r in out if r.ok] if ok_only else out
 
+    def section(self, heading: str, task: str, what: str, make: str) -> list[Run]:
+        """Start a section: its heading, then the family's runs, or a line saying how to make them."""
+        self.add(heading, "")
+        runs = self.of(task)
+        if not runs:
+            self.add(f"No {what} runs found. Make them with {make}.", "")
+        return runs
+
     def paper_setting(self, runs, ignore=()) -> list[Run]:
         return [r for r in runs if not differences(r, ignore)]
 
@@ -347,10 +355,8 @@ def run_fields(runs) -> dict:
 
 
 def table1(rep: Report) -> None:
-    rep.add("## Table 1: MNIST (paper section 3)", "")
-    if not rep.of("classify"):
-        rep.add("No MNIST runs found. Make them with `scripts/table1.sh` (quick budget) or `FULL=1 scripts/table1.sh`.",
-                "")
+    if not rep.section("## Table 1: MNIST (paper section 3)", "classify", "MNIST",
+                       "`scripts/table1.sh` (quick budget) or `FULL=1 scripts/table1.sh`"):
         return
     rows_md, rows_csv = [], []
     for label, model, p_err, p_params, p_mem, p_time in PAPER_TABLE1:
@@ -562,10 +568,9 @@ def _slope(xs, ys):
 
 
 def table2(rep: Report) -> None:
-    rep.add("## Table 2 and Figures 8-9: latent ODE on spirals (paper section 5)", "")
-    runs = rep.of("latent")
+    runs = rep.section("## Table 2 and Figures 8-9: latent ODE on spirals (paper section 5)", "latent", "spirals",
+                       "`scripts/spirals_table.sh`")
     if not runs:
-        rep.add("No spirals runs found. Make them with `scripts/spirals_table.sh`.", "")
         return
     n_obs = sorted({30, 50, 100} | {r.c("dataset.n_obs") for r in runs if isinstance(r.c("dataset.n_obs"), int)})
     rows_md, rows_csv, figures = [], [], []
@@ -608,10 +613,9 @@ def table2(rep: Report) -> None:
 
 
 def flows(rep: Report) -> None:
-    rep.add("## Figures 4-6: continuous normalizing flows in 2-D (paper section 4)", "")
-    runs = rep.of("flow")
+    runs = rep.section("## Figures 4-6: continuous normalizing flows in 2-D (paper section 4)", "flow", "flow",
+                       "`scripts/flows_tables.sh`")
     if not runs:
-        rep.add("No flow runs found. Make them with `scripts/flows_tables.sh`.", "")
         return
     _flows_ml(rep, [r for r in runs if r.c("dataset.name") in ("circles", "moons")])
     _flows_density(rep, [r for r in runs if r.c("dataset.name") == "density"])
