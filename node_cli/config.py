@@ -11,6 +11,7 @@ class ConfigError(Exception):
 
 
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
+SCHEDULES = ("multistep", "cosine")
 
 
 def _positive(value, key: str, integer: bool = False, allow_none: bool = False):
@@ -47,6 +48,13 @@ def validate(cfg) -> None:
     _positive(t.eval_every, "trainer.eval_every", integer=True, allow_none=True)
     _positive(t.eval_limit, "trainer.eval_limit", integer=True, allow_none=True)
     choice(t.optimizer, "trainer.optimizer", OPTIMIZERS)
+    choice(t.get("schedule", "multistep"), "trainer.schedule", SCHEDULES)
+    if t.get("schedule") == "cosine" and list(t.milestones):
+        raise ConfigError("trainer.milestones belong to schedule=multistep; with trainer.schedule=cosine set "
+                          "trainer.milestones=[]")
+    ratio = t.get("min_lr_ratio", 0.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        raise ConfigError(f"trainer.min_lr_ratio={ratio!r} is not allowed: it must be a number in [0, 1]")
     _positive(cfg.dataset.get("limit"), "dataset.limit", integer=True, allow_none=True)
     choice(cfg.device, "device", ("auto", "cpu", "cuda"))
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -429,4 +429,4 @@ def check(cfg) -> None:
                           "step, so the run length is trainer.max_steps, not epochs")
     if list(t.milestones):
         raise ConfigError("trainer.milestones are epochs, and a flow run is one epoch of trainer.max_steps fresh "
-                          "batches: set trainer.milestones=[] for flow experiments")
+                          "batches: set trainer.milestones=[] (trainer.schedule=cosine decays the lr every step)")

@@ -41,6 +41,15 @@ def make_optimizer(t, params):
     return torch.optim.RMSprop(params, lr=lr, weight_decay=t.weight_decay)
 
 
+def make_scheduler(t, optimizer, total: int):
+    """(scheduler, per_step). `multistep`: lr x gamma at each epoch in milestones, stepped once per epoch;
+    `cosine`: lr falls along half a cosine to lr x min_lr_ratio at the run's last optimizer step, stepped every step."""
+    if t.get("schedule", "multistep") == "cosine":
+        eta_min = optimizer.param_groups[0]["lr"] * t.get("min_lr_ratio", 0.0)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=eta_min), True
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(t.milestones), t.gamma), False
+
+
 def _finite(values: dict) -> bool:
     return all(math.isfinite(v) for v in values.values() if isinstance(v, (int, float)))
 
@@ -48,10 +57,10 @@ def _finite(values: dict) -> bool:
 def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
     model, t = task.model, cfg.trainer
     optimizer = make_optimizer(t, model.parameters())
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(t.milestones), t.gamma)
     total = t.epochs * task.steps_per_epoch()
     if t.max_steps:
         total = min(total, t.max_steps)
+    scheduler, per_step = make_scheduler(t, optimizer, total)
 
     step, epoch, status, error = 0, 0, "ok", None
     last_eval: dict = {}
@@ -87,6 +96,8 @@ def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if per_step:
+                    scheduler.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 f1, b1 = nfe(model)
@@ -106,7 +117,8 @@ def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
                     evaluate(final=False)
             if step % task.steps_per_epoch() == 0:   # a whole epoch done (not cut short by max_steps)
                 epoch += 1
-                scheduler.step()
+                if not per_step:
+                    scheduler.step()
                 if step < total and not t.eval_every:
                     evaluate(final=False)
     except KeyboardInterrupt:

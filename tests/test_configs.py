@@ -62,12 +62,15 @@ def test_rknet_is_odenet_without_adjoint():
     ("solver.adjoint_norm=l2", "solver.adjoint_norm"),
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("trainer.optimizer=lbfgs", "trainer.optimizer"),
+    ("trainer.schedule=linear", "trainer.schedule"),
+    ("trainer.min_lr_ratio=1.5", "trainer.min_lr_ratio"),
+    ("trainer.schedule=cosine trainer.milestones=[2]", "trainer.milestones"),
     ("dataset.limit=-5", "dataset.limit"),
     ("device=tpu", "device"),
 ])
 def test_bad_values_are_refused_in_one_line(override, message):
     with pytest.raises(ConfigError) as err:
-        validate(_compose([override]))
+        validate(_compose(override.split()))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

@@ -1,5 +1,6 @@
 """node-run end to end on a tiny fake MNIST: the files every run writes, bad input, solver failure."""
 import json
+import math
 
 import pytest
 import torch
@@ -126,11 +127,35 @@ class FlakyTask:
         return {}
 
 
-def test_failure_mid_run_keeps_the_last_good_checkpoint(tmp_path):
+def _trainer_cfg(name="flaky", **over):
     from omegaconf import OmegaConf
-    cfg = OmegaConf.create(dict(name="flaky", trainer=dict(
-        epochs=1, max_steps=None, batch_size=8, optimizer="sgd", lr=0.1, lr_batch_denom=None, momentum=0.0,
-        weight_decay=0.0, milestones=[], gamma=0.1, eval_every=2, eval_limit=None, progress=False)))
+    t = dict(epochs=1, max_steps=None, batch_size=8, optimizer="sgd", lr=0.1, lr_batch_denom=None, momentum=0.0,
+             weight_decay=0.0, milestones=[], gamma=0.1, eval_every=2, eval_limit=None, progress=False)
+    return OmegaConf.create(dict(name=name, trainer={**t, **over}))
+
+
+class SteadyTask(FlakyTask):
+    def loss(self, x):
+        return self.model(x).pow(2).mean()
+
+
+@pytest.mark.parametrize("over, expected", [
+    # cosine: stepped after every optimizer step, lr(k) = eta_min + (lr - eta_min)(1 + cos(pi k / total)) / 2
+    (dict(schedule="cosine", min_lr_ratio=0.1, epochs=2),
+     [0.01 + 0.09 * (1 + math.cos(math.pi * k / 20)) / 2 for k in range(2, 21, 2)]),
+    (dict(schedule="cosine", max_steps=5, eval_every=1), [0.05 * (1 + math.cos(math.pi * k / 5)) for k in range(1, 6)]),
+    # multistep: stepped once per epoch (10 steps), lr x gamma from epoch 1 on
+    (dict(schedule="multistep", milestones=[1], epochs=2, eval_every=5), [0.1, 0.1, 0.01, 0.01]),
+])
+def test_lr_schedules_follow_the_optimizer_steps(tmp_path, over, expected):
+    summary = fit(_trainer_cfg("steady", **over), SteadyTask(), RunDir(tmp_path), torch.device("cpu"))
+    assert summary["status"] == "ok"
+    lrs = [row["lr"] for row in read_metrics(tmp_path)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+
+
+def test_failure_mid_run_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = _trainer_cfg()
     run = RunDir(tmp_path)
     summary = fit(cfg, FlakyTask(), run, torch.device("cpu"))
     assert summary["status"] == "failed" and "non-finite training loss at step 4" in summary["error"]
