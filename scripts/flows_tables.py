@@ -7,6 +7,7 @@ when several runs share a cell, the newest is shown and the count is reported.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def size(cfg) -> int:
 
 
 def budget(cfg) -> str:
-    return f"{cfg.trainer.max_steps} x {cfg.trainer.batch_size}, {cfg.trainer.optimizer} lr {cfg.trainer.lr:g}"
+    t = cfg.trainer
+    decay = " cosine" if t.get("schedule") == "cosine" else ""
+    return f"{t.max_steps} x {t.batch_size}, {t.optimizer} lr {t.lr:g}{decay}"
 
 
 def fmt(x, digits=3):
@@ -65,22 +68,49 @@ def nll_table(runs):
     print()
 
 
+SETTINGS = ("trainer.lr", "model.t1", "model.hidden", "solver.rtol")   # settings a cell's runs may differ in
+
+
 def kl_table(runs, figure):
-    table = cells(runs, lambda c: (c.dataset.target, c.model.name, size(c)) if c.dataset.name == "density" else None)
-    if not table:
-        return
-    columns = sorted({(m, k) for (_, m, k) in table}, key=lambda mk: (mk[0] != "nf", mk[1]))
-    print("Density matching: KL(q||p) in nats on the fixed base samples (log Z by quadrature)")
-    print("| target | " + " | ".join(f"{m.upper()} {'K' if m == 'nf' else 'M'}={k}" for m, k in columns) + " |")
-    print("|---|" + "---|" * len(columns))
-    for target in sorted({t for (t, _, _) in table}):
-        row = [fmt(table[(target, m, k)][0][1]["test_kl"]) if (target, m, k) in table else "-" for m, k in columns]
-        print(f"| {target.upper()} | " + " | ".join(row) + " |")
-    plot_kl(table, columns, figure)
-    budgets = sorted({f"{c.model.name.upper()}: {budget(c)}" for (c, _), _ in table.values()})
-    print(f"budgets: {'; '.join(budgets)}; largest standard error "
-          f"{max(s.get('test_kl_stderr') or 0 for (_, s), _ in table.values()):.3f}")
-    print()
+    """One table per training length; each cell shows its lowest-KL run, with the settings that differ between
+    the cell's runs (the NF's lr sweep, the CNF's two flow times)."""
+    density = [r for r in runs if r[1].dataset.name == "density"]
+    lengths = sorted({cfg.trainer.max_steps for _, cfg, _ in density})
+    for steps in lengths:
+        table = {}
+        for _, cfg, s in density:
+            if cfg.trainer.max_steps == steps:
+                table.setdefault((cfg.dataset.target, cfg.model.name, size(cfg)), []).append((cfg, s))
+        best = {k: min(v, key=lambda r: r[1]["test_kl"]) for k, v in table.items()}
+        columns = sorted({(m, k) for (_, m, k) in table}, key=lambda mk: (mk[0] != "nf", mk[1]))
+        print(f"Density matching, {steps} steps: KL(q||p) in nats on the fixed base samples (log Z by quadrature)")
+        print("| target | " + " | ".join(f"{m.upper()} {'K' if m == 'nf' else 'M'}={k}" for m, k in columns) + " |")
+        print("|---|" + "---|" * len(columns))
+        for target in sorted({t for (t, _, _) in table}):
+            row = []
+            for m, k in columns:
+                runs_here = table.get((target, m, k), [])
+                if not runs_here:
+                    row.append("-")
+                    continue
+                cfg, s = best[(target, m, k)]
+                varied = [k for k in SETTINGS if len({OmegaConf.select(r[0], k) for r in runs_here}) > 1]
+                which = ", ".join(f"{k.split('.')[-1]} {OmegaConf.select(cfg, k):g}" for k in varied)
+                row.append(fmt(s["test_kl"], 4 if s["test_kl"] < 0.1 else 3) + (f" ({which}; best of {len(runs_here)})" if varied else ""))
+            print(f"| {target.upper()} | " + " | ".join(row) + " |")
+        path = figure if steps == lengths[-1] else figure.with_name(f"{figure.stem}_{steps}{figure.suffix}")
+        plot_kl({k: (v, 1) for k, v in best.items()}, columns, path)
+        budgets = sorted({f"{c.model.name.upper()}: {budget(c)}" for v in table.values() for c, _ in v})
+        pairs = [(t, k) for (t, m, k) in best if m == "cnf" and (t, "nf", k) in best]
+        kl = {key: (s["test_kl"], s.get("test_kl_stderr") or 0.0) for key, (_, s) in best.items()}
+        lower = sum(kl[(t, "cnf", k)][0] < kl[(t, "nf", k)][0] for t, k in pairs)
+        clear = sum(kl[(t, "nf", k)][0] - kl[(t, "cnf", k)][0] > 2 * math.hypot(kl[(t, "cnf", k)][1], kl[(t, "nf", k)][1])
+                    for t, k in pairs)
+        print(f"budgets: {'; '.join(budgets)}; largest standard error "
+              f"{max(s.get('test_kl_stderr') or 0 for (_, s) in best.values()):.3f}; "
+              f"CNF below the NF's best at M = K in {lower} of {len(pairs)} pairs "
+              f"({clear} by more than twice the combined standard error)")
+        print()
 
 
 def plot_kl(table, columns, path):

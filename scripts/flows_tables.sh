@@ -8,7 +8,7 @@
 #   STAGES=print scripts/flows_tables.sh outputs/flows_tables    # only print the tables again
 #
 # STAGES (default "nll kl seminorm"): nll = CNF M=64 and NF K=64 on circles and moons; kl = CNF widths and NF
-# depths 2, 8, 32 on U1-U4; seminorm = cnf_circles again with solver.adjoint_norm=seminorm (same seed).
+# depths 2, 8, 32 on U1-U4 (the NF at three learning rates, the CNF at two flow times); seminorm = cnf_circles again with solver.adjoint_norm=seminorm (same seed).
 # JOBS=2 runs two lanes side by side (each with OMP_NUM_THREADS=1). Sweep folders that exist are never reused.
 # One sweep per experiment: Hydra composes a multirun's shared overrides before it picks the experiment.
 set -euo pipefail
@@ -39,10 +39,15 @@ lane_a() {   # about half of the CPU time each
   if has nll; then sweep nll_cnf_circles experiment=cnf_circles; sweep nll_cnf_moons experiment=cnf_moons; fi
   if has nll; then sweep nll_nf_circles experiment=nf_circles; sweep nll_nf_moons experiment=nf_moons; fi
   if has seminorm; then sweep seminorm experiment=cnf_circles solver.adjoint_norm=seminorm; fi
+  if has kl; then sweep kl_cnf_u1u2 experiment=density_cnf model.width=2,8,32 dataset.target=u1,u2; fi
+  # the CNF gets a second flow time (the earlier default); the KL table shows each cell's best run
+  if has kl; then sweep kl_cnf_t1_u1u2 experiment=density_cnf model.width=2,8,32 dataset.target=u1,u2 model.t1=1; fi
 }
 lane_b() {
-  if has kl; then sweep kl_cnf experiment=density_cnf model.width=2,8,32 dataset.target=u1,u2,u3,u4; fi
-  if has kl; then sweep kl_nf experiment=density_nf model.depth=2,8,32 dataset.target=u1,u2,u3,u4; fi
+  if has kl; then sweep kl_cnf_u3u4 experiment=density_cnf model.width=2,8,32 dataset.target=u3,u4; fi
+  # the baseline gets three learning rates; the KL table shows its best run in each cell
+  if has kl; then sweep kl_nf experiment=density_nf model.depth=2,8,32 dataset.target=u1,u2,u3,u4 trainer.lr=1e-2,3e-2,1e-1; fi
+  if has kl; then sweep kl_cnf_t1_u3u4 experiment=density_cnf model.width=2,8,32 dataset.target=u3,u4 model.t1=1; fi
 }
 
 start=$SECONDS
