@@ -39,6 +39,10 @@ def test_quick_keeps_the_experiment_optimizer():
     assert full.trainer.epochs == 160 and list(full.trainer.milestones) == [60, 100, 140]
     assert quick.trainer.lr_batch_denom == full.trainer.lr_batch_denom == 128
     assert quick.model == full.model and quick.solver == full.solver
+    for experiment in ("density_cnf", "density_nf"):     # the lr decay lives with the optimizer keys
+        full, quick = _compose([f"experiment={experiment}"]), _compose([f"experiment={experiment}", "trainer=quick"])
+        assert full.trainer.schedule == quick.trainer.schedule == "cosine"
+        assert full.trainer.lr == quick.trainer.lr and full.trainer.max_steps == 4000
 
 
 @pytest.mark.parametrize("group", ["model", "solver", "dataset", "trainer"])
