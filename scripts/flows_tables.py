@@ -127,6 +127,7 @@ def plot_kl(table, columns, path):
                 ax.plot(ks, [table[(target, model, k)][0][1]["test_kl"] for k in ks], style, marker="o",
                         color=f"C{i}", label=f"{model.upper()} {target.upper()}")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("K (NF layers) or M (CNF width)")
     ax.set_ylabel("KL(q||p), nats")
     ax.legend(fontsize=7, ncol=2)

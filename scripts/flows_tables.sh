@@ -3,7 +3,7 @@
 # summary.json and .hydra/config.yaml (scripts/flows_tables.py; never from folder names).
 #
 #   scripts/flows_tables.sh [OUT] [overrides for every run...]
-#   scripts/flows_tables.sh outputs/flows_tables                 # full budgets (about 40 CPU-minutes)
+#   scripts/flows_tables.sh outputs/flows_tables                 # full budgets (about 2.5 CPU-hours; JOBS=2 halves the wall time)
 #   scripts/flows_tables.sh /tmp/flows_quick trainer=quick       # a smoke test of the whole pipeline
 #   STAGES=print scripts/flows_tables.sh outputs/flows_tables    # only print the tables again
 #
