@@ -222,8 +222,12 @@ def _flat(node, prefix=""):
         yield prefix[:-1], node
 
 
+OPTIMIZER_KEYS = ("optimizer", "lr", "lr_batch_denom", "momentum", "weight_decay", "schedule", "min_lr_ratio")
+
+
 def differences(run: Run, ignore=()) -> list[str]:
-    """`key=value` for each model/solver setting where the run differs from its experiment's config file."""
+    """`key=value` for each model/solver/optimizer setting where the run differs from its experiment's config file
+    (the training budget is not a difference: `select` keeps each cell's longest budget)."""
     name = experiment_of(run)
     defaults = experiment_defaults(name) if name else None
     if not defaults or not run.cfg:
@@ -234,6 +238,10 @@ def differences(run: Run, ignore=()) -> list[str]:
         for key, value in _flat(defaults.get(group) or {}, f"{group}."):
             if key in mine and key not in ignore and mine[key] != value:
                 out.append(f"{key}={mine[key]}")
+    mine, theirs = run.cfg.get("trainer") or {}, defaults.get("trainer") or {}
+    for key in OPTIMIZER_KEYS:
+        if key in mine and key in theirs and mine[key] != theirs[key]:
+            out.append(f"trainer.{key}={mine[key]}")
     return out
 
 

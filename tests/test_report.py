@@ -253,3 +253,18 @@ def test_spirals_and_flows_tables_trace_back(families):
     assert any(n.startswith("fig8_latent_ode") for n in names) and any(n.startswith("fig9_") for n in names)
     for name in names:
         assert (out / name).stat().st_size > 100
+
+
+def test_runs_at_another_lr_are_not_averaged_into_the_default_cell(families, tmp_path):
+    """An lr sweep is a setting, not seeds: node-report keeps only the experiment's own optimizer settings."""
+    import shutil
+    from omegaconf import OmegaConf
+    rep, out = families
+    src = next(Path(row["run_dirs"]) for row in read_csv(out / "figure4.csv") if row["target"] == "u1")
+    assert report.differences(report.load_run(src)) == ["model.width=2"]     # the tiny fixture's width
+    copy = tmp_path / "other_lr"
+    shutil.copytree(src, copy)
+    cfg = OmegaConf.load(copy / ".hydra" / "config.yaml")
+    cfg.trainer.lr = cfg.trainer.lr * 3
+    OmegaConf.save(cfg, copy / ".hydra" / "config.yaml")
+    assert report.differences(report.load_run(copy)) == ["model.width=2", f"trainer.lr={cfg.trainer.lr}"]
