@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import toy2d  # noqa: E402
-from .config import ConfigError, choice  # noqa: E402
+from .config import ConfigError, choice, positive  # noqa: E402
 from .solver import ODEBlock, nfe  # noqa: E402
 
 MODELS = ("cnf", "nf")
@@ -400,10 +400,6 @@ def _at_least(value, key: str, low, integer: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: it must be {kind}")
 
 
-def _positive(value, key: str) -> None:
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-        raise ConfigError(f"{key}={value!r} is not allowed: it must be a positive number")
-
 
 def check(cfg) -> None:
     m, d, t = cfg.model, cfg.dataset, cfg.trainer
@@ -412,16 +408,16 @@ def check(cfg) -> None:
     if m.name == "cnf":
         _at_least(m.get("width"), "model.width", 1, integer=True)
         _at_least(m.get("hidden"), "model.hidden", 1, integer=True)
-        _positive(m.get("t1"), "model.t1")
+        positive(m.get("t1"), "model.t1")
         if m.get("eval_tol") is not None:
-            _positive(m.get("eval_tol"), "model.eval_tol")
+            positive(m.get("eval_tol"), "model.eval_tol")
     else:
         _at_least(m.get("depth"), "model.depth", 1, integer=True)
     if d.name == "density":
         choice(d.get("target"), "dataset.target", toy2d.TARGETS)
     else:
-        _positive(d.get("noise"), "dataset.noise")
-    _positive(d.get("base_std"), "dataset.base_std")
+        positive(d.get("noise"), "dataset.noise")
+    positive(d.get("base_std"), "dataset.base_std")
     _at_least(d.get("test_size"), "dataset.test_size", 1, integer=True)
     _at_least(d.get("test_seed"), "dataset.test_seed", 0, integer=True)
     if not t.max_steps:

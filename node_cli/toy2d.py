@@ -20,21 +20,32 @@ TARGETS = ("u1", "u2", "u3", "u4")
 WALL, WALL_WIDTH = 4.0, 0.3
 
 
+def curve(name: str, u: torch.Tensor, first: torch.Tensor | bool, factor: float = 0.5) -> torch.Tensor:
+    """Noise-free points of a data set's curves: u in [0, 1) runs along a curve, `first` picks the outer circle
+    (circles) or the upper moon (moons). The samplers and the true data density both place points with it."""
+    if name == "circles":
+        angle = 2 * math.pi * u
+        radius = torch.where(torch.as_tensor(first), 1.0, factor)
+        return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
+    angle = math.pi * u
+    first = torch.as_tensor(first)
+    x = torch.where(first, torch.cos(angle), 1 - torch.cos(angle)) - 0.5
+    y = torch.where(first, torch.sin(angle), 0.5 - torch.sin(angle)) - 0.25
+    return torch.stack([x, y], 1)
+
+
 def circles(n: int, generator: torch.Generator, noise: float = 0.06, factor: float = 0.5) -> torch.Tensor:
     """Two concentric circles (radii 1 and `factor`), half the points on each, plus N(0, noise^2) noise."""
-    angle = 2 * math.pi * torch.rand(n, generator=generator)
-    radius = torch.where(torch.rand(n, generator=generator) < 0.5, 1.0, factor)
-    x = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], 1)
+    u = torch.rand(n, generator=generator)
+    x = curve("circles", u, torch.rand(n, generator=generator) < 0.5, factor)
     return x + noise * torch.randn(n, 2, generator=generator)
 
 
 def moons(n: int, generator: torch.Generator, noise: float = 0.06, factor: float = 0.5) -> torch.Tensor:
     """Two interleaving half circles of radius 1 (sklearn's make_moons) centred at the origin, plus noise."""
-    angle = math.pi * torch.rand(n, generator=generator)
-    upper = torch.rand(n, generator=generator) < 0.5
-    x = torch.where(upper, torch.cos(angle), 1 - torch.cos(angle)) - 0.5
-    y = torch.where(upper, torch.sin(angle), 0.5 - torch.sin(angle)) - 0.25
-    return torch.stack([x, y], 1) + noise * torch.randn(n, 2, generator=generator)
+    u = torch.rand(n, generator=generator)
+    x = curve("moons", u, torch.rand(n, generator=generator) < 0.5)
+    return x + noise * torch.randn(n, 2, generator=generator)
 
 
 def sample_data(name: str, n: int, generator: torch.Generator, noise: float, factor: float = 0.5) -> torch.Tensor:
@@ -101,15 +112,8 @@ def data_log_density(name: str, x: torch.Tensor, noise: float, factor: float = 0
     if noise <= 0:
         raise ValueError("the data density is singular without noise")
     x = x.double()
-    if name == "circles":
-        theta = (torch.arange(angles, dtype=torch.float64) + 0.5) * 2 * math.pi / angles
-        ring = torch.stack([torch.cos(theta), torch.sin(theta)], 1)
-        centres = torch.cat([ring, factor * ring])
-    else:
-        theta = (torch.arange(angles, dtype=torch.float64) + 0.5) * math.pi / angles
-        upper = torch.stack([torch.cos(theta) - 0.5, torch.sin(theta) - 0.25], 1)
-        lower = torch.stack([0.5 - torch.cos(theta), 0.25 - torch.sin(theta)], 1)
-        centres = torch.cat([upper, lower])
+    u = (torch.arange(angles, dtype=torch.float64) + 0.5) / angles
+    centres = torch.cat([curve(name, u, True, factor), curve(name, u, False, factor)])
     out = []
     for chunk in x.split(1000):
         log_n = -0.5 * torch.cdist(chunk, centres).pow(2) / noise ** 2 - math.log(2 * math.pi * noise ** 2)
