@@ -259,15 +259,8 @@ class FlowTask:
         """Evaluations and figures solve at rtol = atol = model.eval_tol (when set), whatever training used."""
         block = getattr(self.model, "block", None)
         tol = self.cfg.model.get("eval_tol")
-        if block is None or tol is None:
+        with contextlib.nullcontext() if block is None or tol is None else block.tolerance(tol):
             yield
-            return
-        saved = block.kwargs
-        block.kwargs = dict(saved, rtol=float(tol), atol=float(tol))
-        try:
-            yield
-        finally:
-            block.kwargs = saved
 
     @torch.no_grad()
     def evaluate(self, limit: int | None) -> dict:

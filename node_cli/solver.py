@@ -7,6 +7,7 @@ Without the adjoint, autograd replays the stored graph and never calls the field
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import types
 from collections.abc import Sequence
@@ -220,6 +221,17 @@ class ODEBlock(nn.Module):
     @property
     def nfe_backward(self) -> int:
         return self.field.calls - self.nfe_forward
+
+    @contextlib.contextmanager
+    def tolerance(self, rtol: float, atol: float | None = None):
+        """Solve at rtol and atol (default: rtol) inside the block, e.g. to evaluate a model at a tighter
+        tolerance than it trained with; the configured tolerances come back afterwards."""
+        saved = self.kwargs
+        self.kwargs = dict(saved, rtol=float(rtol), atol=float(rtol if atol is None else atol))
+        try:
+            yield self
+        finally:
+            self.kwargs = saved
 
     def forward(self, y0, t: torch.Tensor | None = None):
         times = self.span if t is None else t

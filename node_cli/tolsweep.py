@@ -90,10 +90,6 @@ def load(run_dir: Path, device: torch.device):
     return task, blocks[0], ckpt, cfg
 
 
-def set_tol(block, tol: float) -> None:
-    block.kwargs["rtol"] = block.kwargs["atol"] = float(tol)
-
-
 def sweep(run_dir, tols, reference: float = 1e-8, batch: int = 128, repeats: int = 3, device: str = "cpu",
           out: str | None = None, progress: bool = True) -> Path:
     """Run the sweep; returns the folder holding tolsweep.json and tolsweep.csv."""
@@ -116,36 +112,36 @@ def sweep(run_dir, tols, reference: float = 1e-8, batch: int = 128, repeats: int
         model(x)                                             # captures the block's input h(0)
         ref_block = copy.deepcopy(block).double()
         ref_block.nfe_forward, ref_block.field.calls = 0, 0
-        set_tol(ref_block, reference)
         h0 = seen["h0"].detach()
-        ref = ref_block(h0.double()).float()
+        with ref_block.tolerance(reference):
+            ref = ref_block(h0.double()).float()
     ref_nfe = ref_block.nfe_forward
     ref_rms = ref.pow(2).mean().sqrt().item()
 
     rows = []
     for tol in tols:
-        set_tol(block, tol)
-        with torch.no_grad():
-            best = math.inf
-            for _ in range(max(1, repeats)):
-                before = block.nfe_forward
-                tic = time.perf_counter()
-                logits = model(x)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                best = min(best, time.perf_counter() - tic)
-                nfe_f = block.nfe_forward - before
-            diff = seen["h1"] - ref
-        f0, b0 = block.nfe_forward, block.nfe_backward
-        tic = time.perf_counter()
-        act = activation_bytes(model, lambda: task.loss((x, y)))
-        step_seconds = time.perf_counter() - tic
-        row = dict(tol=tol, nfe_forward=nfe_f, forward_seconds=best,
-                   error_rms=diff.pow(2).mean().sqrt().item(), error_max=diff.abs().max().item(),
-                   error_rel=diff.pow(2).mean().sqrt().item() / max(ref_rms, 1e-30),
-                   batch_error=(logits.argmax(1) != y).float().mean().item(),
-                   step_nfe_forward=block.nfe_forward - f0, step_nfe_backward=block.nfe_backward - b0,
-                   step_seconds=step_seconds, activation_bytes=act)
+        with block.tolerance(tol):
+            with torch.no_grad():
+                best = math.inf
+                for _ in range(max(1, repeats)):
+                    before = block.nfe_forward
+                    tic = time.perf_counter()
+                    logits = model(x)
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                    best = min(best, time.perf_counter() - tic)
+                    nfe_f = block.nfe_forward - before
+                diff = seen["h1"] - ref
+            f0, b0 = block.nfe_forward, block.nfe_backward
+            tic = time.perf_counter()
+            act = activation_bytes(model, lambda: task.loss((x, y)))
+            step_seconds = time.perf_counter() - tic
+            row = dict(tol=tol, nfe_forward=nfe_f, forward_seconds=best,
+                       error_rms=diff.pow(2).mean().sqrt().item(), error_max=diff.abs().max().item(),
+                       error_rel=diff.pow(2).mean().sqrt().item() / max(ref_rms, 1e-30),
+                       batch_error=(logits.argmax(1) != y).float().mean().item(),
+                       step_nfe_forward=block.nfe_forward - f0, step_nfe_backward=block.nfe_backward - b0,
+                       step_seconds=step_seconds, activation_bytes=act)
         rows.append(row)
         if progress:
             print(f"  tol {tol:8.1e}: NFE-F {nfe_f:4d}  error {row['error_rms']:.2e}  forward {best:.3f} s  "

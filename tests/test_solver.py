@@ -98,6 +98,20 @@ def test_fixed_grid_nfe_is_stages_times_steps():
     assert block.nfe_forward == field.outside == 4 * 4
 
 
+def test_tolerance_applies_inside_the_block_only():
+    block = ODEBlock(Field(), solver(rtol=1e-3, atol=1e-3, adjoint=False), t1=3.0)
+    y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loose = block(y0)
+    n_loose = block.nfe_forward
+    with block.tolerance(1e-9, 1e-10):
+        assert (block.kwargs["rtol"], block.kwargs["atol"]) == (1e-9, 1e-10)
+        tight = block(y0)
+    assert block.nfe_forward - n_loose > n_loose                         # the tight solve took more evaluations
+    assert (block.kwargs["rtol"], block.kwargs["atol"]) == (1e-3, 1e-3)   # configured tolerances are back
+    again = block(y0)
+    assert torch.equal(again, loose) and not torch.equal(tight, loose)
+
+
 def test_trajectory_output_and_tuple_states():
     field = Field()
     block = ODEBlock(field, solver(adjoint=False))
