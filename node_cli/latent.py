@@ -208,11 +208,13 @@ class SpiralTask:
         rec_truth = torch.gather(test.truth, 1, idx[..., None].expand(-1, -1, 2))
         self.model.train()
         per_traj = ((pred - truth) ** 2).mean((1, 2))                     # MSE of each trajectory
-        by_dir = {d: per_traj[test.direction == d] for d in (CLOCKWISE, COUNTER_CLOCKWISE)}
+
+        def rmse_of(direction):   # RMSE over the trajectories turning one way (None if there are none)
+            mse = per_traj[test.direction == direction]
+            return mse.mean().sqrt().item() if len(mse) else None
+
         return dict(test_rmse=rmse(pred, truth), **result, test_recon_rmse=rmse(rec, rec_truth),
-                    test_rmse_clockwise=by_dir[CLOCKWISE].mean().sqrt().item() if len(by_dir[CLOCKWISE]) else None,
-                    test_rmse_counter_clockwise=(by_dir[COUNTER_CLOCKWISE].mean().sqrt().item()
-                                                 if len(by_dir[COUNTER_CLOCKWISE]) else None),
+                    test_rmse_clockwise=rmse_of(CLOCKWISE), test_rmse_counter_clockwise=rmse_of(COUNTER_CLOCKWISE),
                     test_rmse_median=per_traj.sqrt().median().item(),
                     test_trajectories=len(test), eval_nfe_forward=f1 - f0)
 
