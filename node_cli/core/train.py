@@ -1,28 +1,41 @@
 """The training loop every experiment family shares.
 
-A family supplies a *task*: an object with
-- `model`: the nn.Module being trained;
-- `steps_per_epoch() -> int` and `train_batches(epoch) -> iterable of batches`;
-- `loss(batch) -> scalar tensor` (the training loss);
-- `evaluate(limit) -> dict` of test metrics (limit caps the test examples; None = all);
-- `memory_batch()`: a fixed training batch for the memory measurement;
-- `finish(run) -> dict`: figures and extra summary fields, called once after the final evaluation.
+A family supplies a *task* (the `Task` protocol below). `fit` adds what every run records: NFE-F/NFE-B per step,
+seconds per step, activation bytes and peak memory, metrics.jsonl lines, atomic checkpoints, and the run's status
+when the solver fails mid-run.
 
-`fit` adds what every run records: NFE-F/NFE-B per step, seconds per step, activation bytes and peak memory,
-metrics.jsonl lines, atomic checkpoints and summary, and the run's status when the solver fails mid-run.
+Run length, the same for every family: `trainer.max_steps`, when set, is the number of optimizer steps of the run
+(as many epochs as that takes); when null, the run is `trainer.epochs` epochs. An epoch is one pass over the
+training split as the family defines it (`steps_per_epoch()`): MNIST, len(train) // batch; spirals, one
+full-batch iteration; flows, which draw fresh samples every step, the whole run.
 """
 from __future__ import annotations
 
 import math
 import time
+from typing import Iterable, Protocol
 
 import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from . import metrics
-from .run import RunDir
-from .solver import ODEBlock, nfe
+from . import measure
+from .checks import one_line
+from .rundir import RunDir
+from .solve import nfe, nfe_note
+
+
+class Task(Protocol):
+    """What a family gives the training loop."""
+    model: torch.nn.Module                    # the module being trained
+    batch_size: int                           # examples per training step (for examples/s)
+
+    def steps_per_epoch(self) -> int: ...     # optimizer steps in one pass over the training split
+    def train_batches(self, epoch: int) -> Iterable: ...   # that epoch's batches
+    def loss(self, batch) -> torch.Tensor: ...             # the scalar training loss of a batch
+    def evaluate(self, limit: int | None) -> dict: ...     # test metrics; limit caps test examples (None: all)
+    def memory_batch(self): ...               # a fixed training batch for the memory measurement
+    def finish(self, run: RunDir) -> dict: ...  # figures and extra summary fields, after the final evaluation
 
 
 class SolverFailure(RuntimeError):
@@ -57,9 +70,7 @@ def _finite(values: dict) -> bool:
 def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
     model, t = task.model, cfg.trainer
     optimizer = make_optimizer(t, model.parameters())
-    total = t.epochs * task.steps_per_epoch()
-    if t.max_steps:
-        total = min(total, t.max_steps)
+    total = t.max_steps or t.epochs * task.steps_per_epoch()
     scheduler, per_step = make_scheduler(t, optimizer, total)
 
     step, epoch, status, error = 0, 0, "ok", None
@@ -124,7 +135,7 @@ def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
     except KeyboardInterrupt:
         status, error = "interrupted", "stopped by the user (Ctrl-C)"
     except FAILURES as exc:
-        status, error = "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        status, error = "failed", f"{type(exc).__name__}: {one_line(exc)}"
     finally:
         bar.close()
 
@@ -132,13 +143,13 @@ def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
         try:
             evaluate(final=True)
         except FAILURES as exc:
-            status, error = "failed", f"final evaluation: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            status, error = "failed", f"final evaluation: {type(exc).__name__}: {one_line(exc)}"
 
     summary = dict(last_eval)
     n = max(totals["steps"], 1)
     summary.update(
         status=status, error=error, steps=step, epochs=epoch,
-        nfe_forward=totals["nfe_f"] / n, nfe_backward=totals["nfe_b"] / n, nfe_backward_note=_nfe_note(model),
+        nfe_forward=totals["nfe_f"] / n, nfe_backward=totals["nfe_b"] / n, nfe_backward_note=nfe_note(model),
         sec_per_step=totals["time"] / n,
         examples_per_sec=totals["steps"] * getattr(task, "batch_size", t.batch_size) / max(totals["time"], 1e-9),
         wall_time=time.time() - started,
@@ -147,26 +158,17 @@ def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
         try:
             summary.update(measure_memory(task, device))
         except FAILURES as exc:
-            summary["memory_error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            summary["memory_error"] = f"{type(exc).__name__}: {one_line(exc)}"
         summary.update(task.finish(run) or {})
     return summary
-
-
-def _nfe_note(model) -> str:
-    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
-    if not blocks:
-        return "no ODE block: NFE is 0 by construction"
-    if not any(b.adjoint for b in blocks):
-        return "no adjoint: backprop through the solver makes no backward evaluations (NFE-B = 0); its cost is in memory and time"
-    return "adjoint: backward evaluations of the augmented ODE"
 
 
 def measure_memory(task, device: torch.device) -> dict:
     """Activation bytes and peak memory of one training step (forward + backward, no update) on a fixed batch."""
     model, batch = task.model, task.memory_batch()
     f0, _ = nfe(model)
-    act = metrics.activation_bytes(model, lambda: task.loss(batch))
+    act = measure.activation_bytes(model, lambda: task.loss(batch))
     f1, _ = nfe(model)
-    peak = metrics.peak_memory(model, lambda: task.loss(batch), device)
-    return dict(activation_bytes=act, peak_memory_bytes=peak, peak_memory_method=metrics.peak_memory_method(device),
+    peak = measure.peak_memory(model, lambda: task.loss(batch), device)
+    return dict(activation_bytes=act, peak_memory_bytes=peak, peak_memory_method=measure.peak_memory_method(device),
                 memory_step_nfe_forward=f1 - f0)

@@ -1,8 +1,8 @@
 """MNIST classification (paper section 3, Table 1): the data held as one uint8 tensor on the device,
 random-crop augmentation done on tensors, batches drawn by a seeded permutation.
 
-Speed options (conf/model/odenet.yaml, rknet.yaml; measured by `node-bench`, see docs/bench.md):
-`model.fast_rk` (fast Runge-Kutta stage arithmetic, solver.py), `model.channels_last` (NHWC memory format for the
+Speed options (conf/model/odenet.yaml, rknet.yaml; measured by `node-bench`, see docs/tools/bench.md):
+`model.fast_rk` (fast Runge-Kutta stage arithmetic, core/fastrk.py), `model.channels_last` (NHWC memory format for the
 model and its inputs), `model.compile` (torch.compile of the ODE vector field, eager fallback where unsupported).
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .config import choice
-from .mnist import default_root, load_mnist
+from ...core.checks import choice, one_line
+from ...core.solve import ODEBlock, nfe
+from .data import default_root, load_mnist
 from .models import MODELS, build_mnist_model
-from .solver import ODEBlock, nfe
 
 EVAL_BATCH = 1000
 
@@ -39,7 +39,7 @@ def compile_field(field: torch.nn.Module) -> None:
             except Exception as exc:  # noqa: BLE001 - any backend failure: the eager field is the same function
                 state["compiled"] = False
                 warnings.warn(f"model.compile: compiled vector field failed ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:200]}); running eager")
+                              f"{one_line(exc, 200)}); running eager")
         return eager(t, x)
 
     field.forward = forward

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
-from .solver import ODEBlock
+from ...core.checks import ConfigError
+from ...core.solve import ODEBlock
 
 MODELS = ("odenet", "rknet", "resnet", "mlp")
 

@@ -1,0 +1,111 @@
+"""Bad input becomes one clear line, before anything runs: the one set of validators every family uses.
+
+- `ConfigError`: a bad setting (exit 2). `DataError`: a data set that cannot be had (exit 1).
+- `one_line(exc)`: an exception as one line, for every message a user sees.
+- `choice`, `number` (with `positive` and `integer` as its common cases): range and membership checks whose
+  messages all read `key=value is not allowed: it must be ...` or `unknown key 'value'; accepted: ...`.
+- `validate(cfg)`: the checks on the keys every experiment shares (solver, trainer, device, seed); each family
+  checks its own model and dataset keys with the same functions.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class ConfigError(Exception):
+    """A bad setting. The message is one line: what is wrong and what is accepted."""
+
+
+class DataError(Exception):
+    """A data set that cannot be found or fetched; the message is one line meant for the user."""
+
+
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+SCHEDULES = ("multistep", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """The exception's message with all whitespace runs folded to one space (its type name if empty)."""
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    return msg if limit is None or len(msg) <= limit else msg[: limit - 3] + "..."
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def number(value, key: str, low: float | None = None, high: float | None = None, *, integer: bool = False,
+           strict: bool = False, allow_none: bool = False) -> None:
+    """A finite number (an integer if `integer`) in [low, high] ((low, high] if `strict`); None if `allow_none`."""
+    if value is None and allow_none:
+        return
+    ok = _is_number(value) and (not integer or float(value).is_integer())
+    ok = ok and (low is None or (value > low if strict else value >= low)) and (high is None or value <= high)
+    if ok:
+        return
+    kind = "an integer" if integer else "a number"
+    if low == 0 and strict and high is None:
+        wanted = f"a positive {'integer' if integer else 'number'}"
+    elif low is not None and high is not None:
+        wanted = f"{kind} in {'(' if strict else '['}{low:g}, {high:g}]" if not integer else f"{kind} in {low}..{high}"
+    elif low is not None:
+        wanted = f"{kind} {'>' if strict else '>='} {low:g}"
+    else:
+        wanted = f"{kind} <= {high:g}" if high is not None else kind
+    raise ConfigError(f"{key}={value!r} is not allowed: it must be {wanted}" + (" or null" if allow_none else ""))
+
+
+def positive(value, key: str, integer: bool = False, allow_none: bool = False) -> None:
+    number(value, key, 0, integer=integer, strict=True, allow_none=allow_none)
+
+
+def integer(value, key: str, low: int | None = None, high: int | None = None, why: str = "") -> None:
+    try:
+        number(value, key, low, high, integer=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}{why}") from None
+
+
+def choice(value, key: str, accepted) -> None:
+    if value not in accepted:
+        raise ConfigError(f"unknown {key} {value!r}; accepted: {', '.join(map(str, accepted))}")
+
+
+def validate(cfg) -> None:
+    """Checks shared by every experiment family; each family checks its own model and dataset keys."""
+    from .solve import SOLVERS
+
+    s = cfg.solver
+    choice(s.method, "solver.method", SOLVERS)
+    positive(s.rtol, "solver.rtol")
+    positive(s.atol, "solver.atol")
+    choice(s.adjoint, "solver.adjoint", (True, False))
+    choice(s.adjoint_norm, "solver.adjoint_norm", ("default", "seminorm"))
+    positive(s.get("step_size"), "solver.step_size", allow_none=True)
+    positive(s.get("max_num_steps"), "solver.max_num_steps", integer=True, allow_none=True)
+    t = cfg.trainer
+    positive(t.epochs, "trainer.epochs", integer=True)
+    positive(t.max_steps, "trainer.max_steps", integer=True, allow_none=True)
+    positive(t.batch_size, "trainer.batch_size", integer=True)
+    positive(t.lr, "trainer.lr")
+    positive(t.eval_every, "trainer.eval_every", integer=True, allow_none=True)
+    positive(t.eval_limit, "trainer.eval_limit", integer=True, allow_none=True)
+    choice(t.optimizer, "trainer.optimizer", OPTIMIZERS)
+    choice(t.get("schedule", "multistep"), "trainer.schedule", SCHEDULES)
+    if t.get("schedule") == "cosine" and list(t.milestones):
+        raise ConfigError("trainer.milestones belong to schedule=multistep; with trainer.schedule=cosine set "
+                          "trainer.milestones=[]")
+    number(t.get("min_lr_ratio", 0.0), "trainer.min_lr_ratio", 0, 1)
+    positive(cfg.dataset.get("limit"), "dataset.limit", integer=True, allow_none=True)
+    choice(cfg.device, "device", DEVICES)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

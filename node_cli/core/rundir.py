@@ -1,0 +1,228 @@
+"""The run-folder contract, both sides: what every run writes (`RunDir`) and how any tool reads it back (`Run`,
+`load_run`, `discover`).
+
+- `.hydra/config.yaml`: Hydra's record of the composed config: what a run *is* (never its folder name).
+- `metrics.jsonl`: one JSON object per evaluation, appended and flushed as it happens.
+- `summary.json`: written atomically (temp file, then rename) when the run ends, whatever its status.
+- `checkpoint.pt`: written atomically at every evaluation whose metrics are finite: the last good state. It holds
+  only tensors, numbers, strings, lists and dicts, so `load_checkpoint` reads it with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checks import ConfigError, one_line
+
+METRICS, SUMMARY, CHECKPOINT = "metrics.jsonl", "summary.json", "checkpoint.pt"
+CONFIG = Path(".hydra") / "config.yaml"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _clean(value):
+    """JSON-safe copy: NaN/inf become null, tensors become numbers."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)`, then rename the temp file onto `path`: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: Path, obj) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(_clean(obj), f, indent=2)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+class RunDir:
+    """A run's output folder (Hydra's output dir)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def log(self, row: dict) -> None:
+        with open(self.path / METRICS, "a") as f:
+            f.write(json.dumps(_clean(row)) + "\n")
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.path / SUMMARY, summary)
+
+    def save_checkpoint(self, state: dict) -> None:
+        atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+
+def read_metrics(path) -> list[dict]:
+    with open(Path(path) / METRICS) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_summary(path) -> dict:
+    with open(Path(path) / SUMMARY) as f:
+        return json.load(f)
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint as node-run writes it, read without running any code it might hold (`weights_only=True`);
+    a file that is not such a checkpoint is one ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no {path.name} in {path.parent} (not a run folder, or the run never reached an "
+                          "evaluation)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable, half-copied, or holding objects that are not plain data
+        raise ConfigError(f"cannot read {path} as a node-run checkpoint: {one_line(exc, 200)}") from None
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+        raise ConfigError(f"{path} is not a node-run checkpoint (no model weights and config)")
+    return ckpt
+
+
+# ------------------------------------------------------------------------------------------------ reading runs
+@dataclass(eq=False)
+class Run:
+    """One run folder as read back: its config, summary and metrics, and what is wrong with them."""
+    path: Path
+    cfg: dict | None = None
+    summary: dict | None = None
+    metrics: list = field(default_factory=list)
+    status: str = "unfinished"
+    problems: list = field(default_factory=list)
+    id: str = ""
+    used: list = field(default_factory=list)
+
+    def c(self, dotted: str, default=None):
+        """A config value by its dotted key, `default` if absent."""
+        node = self.cfg
+        for key in dotted.split("."):
+            if not isinstance(node, dict) or key not in node:
+                return default
+            node = node[key]
+        return node
+
+    def s(self, key: str):
+        """A finite number from the summary, else None."""
+        v = (self.summary or {}).get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def task(self):
+        return self.c("task")
+
+    @property
+    def model(self):
+        return self.c("model.name")
+
+    @property
+    def kind(self) -> str:
+        return f"{self.task}/{self.model}" if self.cfg else "?"
+
+    @property
+    def steps(self) -> int:
+        return int((self.summary or {}).get("steps") or 0)
+
+
+def load_run(path: Path) -> Run:
+    """Read a run folder; every file that is missing or damaged becomes a line in `run.problems`."""
+    run = Run(Path(path))
+    cfg_file = run.path / CONFIG
+    if cfg_file.is_file():
+        try:
+            from omegaconf import OmegaConf
+            loaded = OmegaConf.load(cfg_file)
+            try:
+                run.cfg = OmegaConf.to_container(loaded, resolve=True)   # e.g. solver.atol=${solver.rtol}
+            except Exception:
+                run.cfg = OmegaConf.to_container(loaded, resolve=False)
+        except Exception as exc:
+            run.problems.append(f"{CONFIG} is unreadable: {one_line(exc, 200)}")
+    else:
+        run.problems.append(f"no {CONFIG}: cannot tell what this run is")
+    if (run.path / METRICS).is_file():
+        bad = 0
+        for line in (run.path / METRICS).read_text(errors="replace").splitlines():
+            try:
+                run.metrics.append(json.loads(line))
+            except ValueError:
+                bad += int(bool(line.strip()))
+        if bad:
+            run.problems.append(f"{METRICS}: {bad} unreadable line(s) skipped (half-written?)")
+    if (run.path / SUMMARY).is_file():
+        try:
+            run.summary = json.loads((run.path / SUMMARY).read_text())
+            run.status = str(run.summary.get("status", "unknown"))
+        except ValueError as exc:
+            run.status = "unreadable"
+            run.problems.append(f"{SUMMARY} is not valid JSON (half-written?): {one_line(exc, 200)}")
+    else:
+        last = run.metrics[-1].get("step") if run.metrics else None
+        run.problems.append(f"no {SUMMARY}: still running or stopped before the end"
+                            + (f" (last logged step {last})" if last is not None else " (nothing logged yet)"))
+    if run.summary and run.status != "ok" and run.summary.get("error"):
+        run.problems.append(f"{run.status}: {run.summary['error']}")
+    return run
+
+
+def _natural(path: Path):
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
+
+
+def run_folders(root) -> set[Path]:
+    """Every folder under `root` that holds a run: .hydra/config.yaml, summary.json or metrics.jsonl."""
+    found = set()
+    for marker in ("config.yaml", SUMMARY, METRICS):
+        for f in Path(root).rglob(marker):
+            if marker == "config.yaml" and f.parent.name != ".hydra":
+                continue
+            found.add((f.parent.parent if marker == "config.yaml" else f.parent).resolve())
+    return found
+
+
+def discover(dirs) -> tuple[list[Run], list[str]]:
+    """Every run under `dirs` (single runs and multirun jobs alike), in natural path order with IDs R1, R2, ...,
+    plus a message for each folder that is missing or holds none."""
+    folders: set[Path] = set()
+    messages = []
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            messages.append(f"{d}: no such folder")
+            continue
+        found = run_folders(d)
+        if not found:
+            messages.append(f"{d}: no runs found (a run folder holds {CONFIG}, {SUMMARY} or {METRICS})")
+        folders |= found
+    runs = [load_run(p) for p in sorted(folders, key=_natural)]
+    for i, run in enumerate(runs, 1):
+        run.id = f"R{i}"
+    return runs, messages

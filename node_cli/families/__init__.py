@@ -1,0 +1,40 @@
+"""The registry of experiment families: the config's `task` key -> the package that holds the family.
+
+A new family is one folder here with a `FAMILY = Family(...)` in its `__init__.py`, one line below, its conf
+files, one doc page and one test folder. Nothing else in node-run names a family.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..core.checks import ConfigError, choice
+from .base import Family
+
+FAMILIES = {
+    "classify": "node_cli.families.mnist",
+    "latent": "node_cli.families.spirals",
+    "flow": "node_cli.families.flows",
+}
+
+
+def get(task: str) -> Family:
+    """The family of a `task` value (ConfigError if there is none)."""
+    choice(task, "task", tuple(FAMILIES))
+    try:
+        return importlib.import_module(FAMILIES[task]).FAMILY
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"task {task!r} is not available in this install ({exc})") from None
+
+
+def every() -> list[Family]:
+    """All families, in registry order (the order of node-report's sections)."""
+    return [get(task) for task in FAMILIES]
+
+
+def build(cfg, device):
+    return get(cfg.task).build(cfg, device)
+
+
+def check(cfg) -> None:
+    """Cheap checks of a family's own keys (model, dataset), before anything is loaded or trained."""
+    get(cfg.task).check(cfg)

@@ -1,0 +1,48 @@
+"""What an experiment family gives the rest of node-run: one `Family` object in its package's `__init__.py`.
+
+The runner, node-report and node-bench know families only through these fields (and `families.FAMILIES`, the
+registry). Heavy modules (models, plots, report sections) are imported inside the callables, so listing the
+families stays cheap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """`node-bench families`: train `experiment` at trainer=quick twice, as configured and with `reference`
+    overrides (the reference script's solver tolerance), and compare the cost of reaching the first run's
+    final `metric` (lower is better)."""
+    experiment: str
+    reference: tuple[str, ...]
+    metric: str
+
+
+@dataclass(frozen=True)
+class BenchCommand:
+    """A `node-bench NAME` command of a family. `add_arguments(parser)` adds its options (names must not clash
+    with other families'); `run(args, device, out, log)` measures and returns Markdown sections, having written
+    its tables under `out`; `default`: part of plain `node-bench`."""
+    help: str
+    add_arguments: Callable
+    check_arguments: Callable
+    run: Callable
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str                                   # the folder under node_cli/families/, the docs page's name
+    task: str                                   # the config key `task` that selects it
+    models: tuple[str, ...]                     # model.name values it builds
+    build: Callable                             # (cfg, device) -> a core.train.Task
+    check: Callable                             # (cfg) -> None; ConfigError on a bad model or dataset key
+    experiment_of: Callable                     # (core.rundir.Run) -> the experiment file of its paper setting
+    sections: Callable = lambda: ()             # () -> report sections, each (core.page.Page) -> None
+    bench: BenchSpec | None = None              # its row of `node-bench families`
+    bench_commands: Callable = lambda: {}       # () -> {name: BenchCommand}
+    tools: Callable = lambda: {}                # () -> {name: main(argv)}: `node-report NAME ...`
+    headline: tuple = ()                        # summary keys of its headline metric, first present wins (lower is better)
+    extras: dict = field(default_factory=dict)  # anything else a family wants to publish

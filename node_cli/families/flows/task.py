@@ -1,0 +1,145 @@
+"""The flows task: continuous normalizing flows against planar normalizing flows in 2-D (paper section 4,
+Figures 4-6). Models: models.py; data and energies: data.py; figures: plots.py.
+
+Objectives (`dataset.name`): `circles` / `moons` train by maximum likelihood on fresh samples each step and report
+`test_nll` (nats) on a fixed held-out set, beside `test_nll_data`, the NLL of the true generating density on the
+same points (the floor); `density` fits exp(-U) for `dataset.target` in u1..u4 by minimising
+KL(q||p) = E_q[log q + U] + log Z and reports `test_kl` on a fixed set of base samples (log Z by quadrature, so
+the KL is exact up to Monte Carlo error, `test_kl_stderr`; `test_kl_unnormalized` is E_q[log q + U] alone).
+A run is one epoch of `trainer.max_steps` fresh batches. The CNF's evaluations and figures solve at
+rtol = atol = `model.eval_tol`, whatever tolerance it trained with.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from ...core.checks import ConfigError, choice, integer, positive
+from ...core.solve import nfe
+from . import data as toy2d
+from .models import MODELS, build_model
+
+DATASETS = toy2d.DATASETS + ("density",)
+EVAL_CHUNK = 5000
+
+
+class FlowTask:
+    def __init__(self, cfg, device: torch.device):
+        check(cfg)
+        d = cfg.dataset
+        self.cfg, self.device = cfg, device
+        self.density = d.name == "density"
+        self.batch_size = cfg.trainer.batch_size
+        self.steps = cfg.trainer.max_steps
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.model = build_model(cfg, generative=self.density).to(device)
+        test_gen = torch.Generator().manual_seed(d.test_seed)
+        self.test = self._draw(d.test_size, test_gen)
+        self.fixed = self._draw(self.batch_size, torch.Generator().manual_seed(d.test_seed + 1))
+        self.log_z = toy2d.log_normalizer(d.target) if self.density else None
+        if not self.density:   # -log of the true data density on the test set: the floor of test_nll
+            self.data_nll = -toy2d.data_log_density(d.name, self.test.cpu(), d.noise, d.get("factor", 0.5))
+
+    def _draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Data points (maximum likelihood) or base points (density matching)."""
+        d = self.cfg.dataset
+        if self.density:
+            x = d.base_std * torch.randn(n, 2, generator=generator)
+        else:
+            x = toy2d.sample_data(d.name, n, generator, d.noise, d.get("factor", 0.5))
+        return x.to(self.device)
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        return toy2d.energy(self.cfg.dataset.target, x)
+
+    def steps_per_epoch(self) -> int:
+        return self.steps   # fresh samples every step: the whole run is one epoch of trainer.max_steps batches
+
+    def train_batches(self, epoch: int):
+        for _ in range(self.steps):
+            yield self._draw(self.batch_size, self.generator)
+
+    def loss(self, batch) -> torch.Tensor:
+        if self.density:
+            x, log_q = self.model.sample(batch)
+            return (log_q + self.energy(x)).mean()
+        return -self.model.log_prob(batch).mean()
+
+    @contextlib.contextmanager
+    def eval_solver(self):
+        """Evaluations and figures solve at rtol = atol = model.eval_tol (when set), whatever training used."""
+        block = getattr(self.model, "block", None)
+        tol = self.cfg.model.get("eval_tol")
+        with contextlib.nullcontext() if block is None or tol is None else block.tolerance(tol):
+            yield
+
+    @torch.no_grad()
+    def evaluate(self, limit: int | None) -> dict:
+        self.model.eval()
+        n = len(self.test) if limit is None else min(limit, len(self.test))
+        values, chunks = [], 0
+        f0, _ = nfe(self.model)
+        with self.eval_solver():
+            for i in range(0, n, EVAL_CHUNK):
+                batch = self.test[i:min(i + EVAL_CHUNK, n)]
+                if self.density:   # log q(x) + U(x) at x = flow(z0): E_q of it is KL(q||p) - log Z
+                    x, log_q = self.model.sample(batch)
+                    values.append(log_q + self.energy(x))
+                else:              # -log p(x) on held-out data
+                    values.append(-self.model.log_prob(batch))
+                chunks += 1
+        f1, _ = nfe(self.model)
+        self.model.train()
+        v = torch.cat(values).double()
+        mean, stderr = v.mean().item(), (v.std() / math.sqrt(n)).item() if n > 1 else float("nan")
+        out = dict(test_examples=n, eval_nfe_forward=(f1 - f0) / chunks)
+        if self.density:
+            out.update(test_kl=mean + self.log_z, test_kl_stderr=stderr, test_kl_unnormalized=mean, log_z=self.log_z)
+        else:
+            out.update(test_nll=mean, test_nll_stderr=stderr, test_nll_data=self.data_nll[:n].mean().item())
+        return out
+
+    def memory_batch(self):
+        return self.fixed
+
+    def finish(self, run) -> dict:
+        self.model.eval()
+        from .plots import plot_density, plot_stages
+
+        with self.eval_solver():
+            files = [plot_density(self, run.path / "density.png"), plot_stages(self, run.path / "flow.png")]
+        self.model.train()
+        return dict(figures=[f.name for f in files])
+
+
+def build(cfg, device: torch.device) -> FlowTask:
+    return FlowTask(cfg, device)
+
+
+def check(cfg) -> None:
+    m, d, t = cfg.model, cfg.dataset, cfg.trainer
+    choice(m.name, "model", MODELS)
+    choice(d.name, "dataset", DATASETS)
+    if m.name == "cnf":
+        integer(m.get("width"), "model.width", 1)
+        integer(m.get("hidden"), "model.hidden", 1)
+        positive(m.get("t1"), "model.t1")
+        if m.get("eval_tol") is not None:
+            positive(m.get("eval_tol"), "model.eval_tol")
+    else:
+        integer(m.get("depth"), "model.depth", 1)
+    if d.name == "density":
+        choice(d.get("target"), "dataset.target", toy2d.TARGETS)
+    else:
+        positive(d.get("noise"), "dataset.noise")
+    positive(d.get("base_std"), "dataset.base_std")
+    integer(d.get("test_size"), "dataset.test_size", 1)
+    integer(d.get("test_seed"), "dataset.test_seed", 0)
+    if not t.max_steps:
+        raise ConfigError("trainer.max_steps must be set for flow experiments: they draw fresh samples every "
+                          "step, so the run length is trainer.max_steps, not epochs")
+    if list(t.milestones):
+        raise ConfigError("trainer.milestones are epochs, and a flow run is one epoch of trainer.max_steps fresh "
+                          "batches: set trainer.milestones=[] (trainer.schedule=cosine decays the lr every step)")

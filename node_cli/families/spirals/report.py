@@ -1,0 +1,52 @@
+"""The spirals section of node-report: Table 2 (test RMSE by observations per trajectory) and Figures 8-9, beside
+the paper's values (paper section 5)."""
+from __future__ import annotations
+
+from ...core.page import Page, mean, run_fields, select
+from ...core.tables import fmt, md_table
+
+# Table 2 of the paper: predictive RMSE on the test set by observations per trajectory (of 100).
+PAPER_TABLE2 = {"rnn": {30: 0.3937, 50: 0.3202, 100: 0.1813}, "latent_ode": {30: 0.1642, 50: 0.1502, 100: 0.1346}}
+SPIRAL_MODELS = [("RNN", "rnn"), ("RNN + time gaps", "rnn_dt"), ("Latent ODE", "latent_ode")]
+
+
+def table2(rep: Page) -> None:
+    runs = rep.section("## Table 2 and Figures 8-9: latent ODE on spirals (paper section 5)", "latent", "spirals",
+                       "`scripts/spirals_table.sh`")
+    if not runs:
+        return
+    n_obs = sorted({30, 50, 100} | {r.c("dataset.n_obs") for r in runs if isinstance(r.c("dataset.n_obs"), int)})
+    rows_md, rows_csv, figures = [], [], []
+    for label, model in SPIRAL_MODELS:
+        cands = rep.paper_setting(rep.of("latent", model))
+        for n in n_obs:
+            paper = PAPER_TABLE2.get(model, {}).get(n)
+            cell = [r for r in cands if r.c("dataset.n_obs") == n]
+            used, skipped = select(cell)
+            if not cell and paper is None:
+                continue
+            rep.mark(used, "Table 2")
+            rmse, steps = mean(used, "test_rmse"), (used[0].steps if used else None)
+            rows_md.append([label, f"{n}/{used[0].c('dataset.n_points', 100) if used else 100}", fmt(rmse),
+                            fmt(paper), f"{steps} steps" if used else "no finished run",
+                            rep.runs_cell(used, skipped)])
+            rows_csv.append(dict(model=label, model_name=model, n_obs=n, test_rmse=rmse, paper_test_rmse=paper,
+                                 steps=steps, **run_fields(used)))
+            if used:
+                figures.append((label, model, n, used[0]))
+    rep.add(*md_table(["model", "observations", "test RMSE", "paper", "budget", "runs"], rows_md))
+    rep.add(f"CSV: `{rep.csv('table2.csv', rows_csv)}`. RMSE of the extrapolation beyond the observed window on "
+            "the test spirals (the family's evaluation protocol: docs/latent_ode.md). The paper has no "
+            "'RNN + time gaps' row.", "")
+    fig8 = [(lbl, n, run, rep.copy(run, "spirals.png", f"fig8_{model}_n{n}_{run.id}.png"))
+            for lbl, model, n, run in figures]
+    fig9 = [(lbl, n, run, rep.copy(run, "latent.png", f"fig9_n{n}_{run.id}.png"))
+            for lbl, model, n, run in figures if model == "latent_ode"]
+    rep.mark([run for _, _, run, f in fig8 if f], "Figure 8")
+    rep.mark([run for _, _, run, f in fig9 if f], "Figure 9")
+    if fig8:
+        rep.add("### Figure 8: reconstruction and extrapolation (each run's own figure)", "")
+        rep.add(*[f"- {lbl}, {n} observations ({run.id}): ![{lbl} {n}]({f})" for lbl, n, run, f in fig8 if f], "")
+    if fig9:
+        rep.add("### Figure 9: latent trajectories, coloured by direction", "")
+        rep.add(*[f"- {lbl}, {n} observations ({run.id}): ![latent {n}]({f})" for lbl, n, run, f in fig9 if f], "")
