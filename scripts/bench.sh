@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark runs quoted in docs/bench.md, one after another, into one folder:
+# The benchmark runs quoted in docs/tools/bench.md, one after another, into one folder:
 #
 #   scripts/bench.sh                 # outputs/bench/<time>/{default,ablation,families}
 #   scripts/bench.sh --threads 2     # extra flags go to every node-bench call

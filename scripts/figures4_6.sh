@@ -5,7 +5,7 @@
 # Two Moons, CNF M=64 against NF K=64 (each run's flow.png and density.png, test NLL).
 #
 #   scripts/figures4_6.sh              # trainer=quick
-#   FULL=1 scripts/figures4_6.sh       # the family's full budgets (about 2.5 CPU-hours, docs/flows.md)
+#   FULL=1 scripts/figures4_6.sh       # the family's full budgets (about 2.5 CPU-hours, docs/families/flows.md)
 #
 # Switches (FULL, STEPS, LAUNCHER, JOBS, OUT): scripts/_paper.sh. flows_tables.sh runs its sweeps in JOBS lanes
 # (default 1; JOBS=2: two at once); with LAUNCHER=slurm the sweep points go to SLURM instead. Runs go to

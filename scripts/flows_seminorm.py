@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from node_cli.flows import FlowTask
-from node_cli.solver import nfe
+from node_cli.core.rundir import CHECKPOINT, load_checkpoint
+from node_cli.core.solve import nfe
+from node_cli.families.flows.task import FlowTask
 
 
 def backward_nfe(cfg, state, norm: str, tol: float) -> tuple[int, int]:
@@ -37,7 +38,7 @@ def main(argv=None):
     print("| run | experiment | tol | NFE-F | NFE-B default | NFE-B seminorm | saved |")
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
-        ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+        ck = load_checkpoint(run / CHECKPOINT)
         cfg = OmegaConf.create(ck["config"])
         if cfg.model.name != "cnf":
             continue

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The flow grids of docs/flows.md, launched with Hydra multirun, then the tables printed from the runs'
-# summary.json and .hydra/config.yaml (scripts/flows_tables.py; never from folder names).
+# The flow grids of docs/families/flows.md, launched with Hydra multirun, then node-report on them: its flows
+# section holds the tables (read from the runs' summary.json and .hydra/config.yaml, never from folder names),
+# including each grid cell's best run over the settings tried and the seminorm table.
 #
 #   scripts/flows_tables.sh [OUT] [overrides for every run...]
 #   scripts/flows_tables.sh outputs/flows_tables                 # full budgets (about 2.5 CPU-hours; JOBS=2 halves the wall time)
 #   scripts/flows_tables.sh /tmp/flows_quick trainer=quick       # a smoke test of the whole pipeline
-#   STAGES=print scripts/flows_tables.sh outputs/flows_tables    # only print the tables again
+#   STAGES=report scripts/flows_tables.sh outputs/flows_tables   # only make the report again (OUT/report)
 #
 # STAGES (default "nll kl seminorm"): nll = CNF M=64 and NF K=64 on circles and moons; kl = CNF widths and NF
 # depths 2, 8, 32 on U1-U4 (the NF at three learning rates, the CNF at two flow times); seminorm = cnf_circles again with solver.adjoint_norm=seminorm (same seed).
@@ -61,4 +62,5 @@ else
   lane_b
 fi
 echo "flows_tables: all sweeps took $((SECONDS - start)) s" >&2
-python "$(dirname "$0")/flows_tables.py" "$OUT"
+node-report "$OUT" --out "$OUT/report" --force
+echo "flows_tables: tables in $OUT/report/report.md (section 'Figures 4-6')" >&2

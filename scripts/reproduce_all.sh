@@ -18,12 +18,9 @@ done
 # Table 1's ODE-Net run, found by its config (never by folder name)
 RUN=$(python - "$ROOT/table1/runs" <<'PY'
 import sys
-from pathlib import Path
-from omegaconf import OmegaConf
-for cfg in sorted(Path(sys.argv[1]).rglob(".hydra/config.yaml")):
-    if OmegaConf.load(cfg).model.name == "odenet" and (cfg.parent.parent / "checkpoint.pt").is_file():
-        print(cfg.parent.parent)
-        break
+from node_cli.core.rundir import CHECKPOINT, discover
+runs, _ = discover([sys.argv[1]])
+print(next((str(r.path) for r in runs if r.model == "odenet" and (r.path / CHECKPOINT).is_file()), ""))
 PY
 )
 if [[ -n "$RUN" ]]; then

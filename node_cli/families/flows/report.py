@@ -57,7 +57,7 @@ def _flows_ml(rep: Page, runs) -> None:
     rep.add(*md_table(["data", "flow", "test NLL (nats)", "true density's NLL", "paper", "NFE-F", "s / step",
                        "budget", "runs"], rows_md))
     rep.add(f"CSV: `{rep.csv('flows_ml.csv', rows_csv)}`. Test NLL ± its standard error on the family's fixed test "
-            "set; the true density's NLL on the same points is the floor (docs/flows.md). The paper shows these as "
+            "set; the true density's NLL on the same points is the floor (docs/families/flows.md). The paper shows these as "
             "figures (samples and density along the flow), without numbers.", "")
     rep.add(*[f"- {text}: ![{text}]({f})" for text, f in pics if f], "")
 

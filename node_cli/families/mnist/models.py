@@ -34,7 +34,7 @@ class ConcatConv2d(nn.Module):
     example), but the constant channel is not materialised: its contribution is t times the convolution of a
     ones image with the time filter, a fixed [c_out, h, w] map (it differs from a constant only at the zero-padded
     border), added to a c_in-channel convolution of x. Same function, less work: no concatenated copy of the
-    input and a 64- instead of a 65-channel convolution (see docs/bench.md for the measured gain).
+    input and a 64- instead of a 65-channel convolution (see docs/tools/bench.md for the measured gain).
     """
 
     def __init__(self, c_in: int, c_out: int):

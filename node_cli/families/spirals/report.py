@@ -36,8 +36,9 @@ def table2(rep: Page) -> None:
                 figures.append((label, model, n, used[0]))
     rep.add(*md_table(["model", "observations", "test RMSE", "paper", "budget", "runs"], rows_md))
     rep.add(f"CSV: `{rep.csv('table2.csv', rows_csv)}`. RMSE of the extrapolation beyond the observed window on "
-            "the test spirals (the family's evaluation protocol: docs/latent_ode.md). The paper has no "
+            "the test spirals (the family's evaluation protocol: docs/families/spirals.md). The paper has no "
             "'RNN + time gaps' row.", "")
+    details(rep, runs)
     fig8 = [(lbl, n, run, rep.copy(run, "spirals.png", f"fig8_{model}_n{n}_{run.id}.png"))
             for lbl, model, n, run in figures]
     fig9 = [(lbl, n, run, rep.copy(run, "latent.png", f"fig9_n{n}_{run.id}.png"))
@@ -50,3 +51,27 @@ def table2(rep: Page) -> None:
     if fig9:
         rep.add("### Figure 9: latent trajectories, coloured by direction", "")
         rep.add(*[f"- {lbl}, {n} observations ({run.id}): ![latent {n}]({f})" for lbl, n, run, f in fig9 if f], "")
+
+
+def details(rep: Page, runs) -> None:
+    """Per finished run: the spread of its test RMSE, reconstruction, likelihood, NFE, speed and solver error."""
+    names = dict((model, label) for label, model in SPIRAL_MODELS)
+    rows = []
+    for r in sorted((r for r in runs if r.ok), key=lambda r: (str(r.model), str(r.c("dataset.n_obs")), r.id)):
+        like = (f"ELBO {fmt(r.s('test_elbo'), '.2f')}" if r.s("test_elbo") is not None
+                else f"NLL {fmt(r.s('test_nll'), '.2f')}")
+        solver = "–"
+        if r.model == "latent_ode":
+            solver = (f"{r.c('solver.method')} rtol {r.c('solver.rtol'):g} atol {r.c('solver.atol'):g}"
+                      f"{' adjoint' if r.c('solver.adjoint') else ''}; error vs rtol 1e-7: "
+                      f"{fmt(r.s('extrap_solver_error'))}")
+        rows.append([r.id, names.get(r.model, r.model), r.c("dataset.n_obs"), fmt(r.s("test_rmse")),
+                     f"{fmt(r.s('test_rmse_clockwise'), '.3f')} / {fmt(r.s('test_rmse_counter_clockwise'), '.3f')}",
+                     fmt(r.s("test_rmse_median"), ".3f"), fmt(r.s("test_recon_rmse")), like,
+                     f"{fmt(r.s('nfe_forward'), '.1f')} / {fmt(r.s('nfe_backward'), '.1f')}",
+                     fmt(r.s("sec_per_step"), ".3f"), fmt(r.s("wall_time"), ".0f"), solver])
+    if rows:
+        rep.add("### Per run: test metrics, NFE per training step (forward / backward), time", "")
+        rep.add(*md_table(["run", "model", "n_obs", "test_rmse", "clockwise / counter-cl.", "median",
+                           "test_recon_rmse", "test_elbo / test_nll", "NFE-F / NFE-B", "s/step", "wall s", "solver"],
+                          rows))
