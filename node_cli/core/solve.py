@@ -84,7 +84,7 @@ class ODEBlock(nn.Module):
             self.kwargs = saved
 
     def forward(self, y0, t: torch.Tensor | None = None):
-        times = self.span if t is None else torch.linspace(t[0], t[-1], len(t), dtype=t.dtype)
+        times = self.span if t is None else t
         before = self.field.calls
         if self.adjoint:
             out = torchdiffeq.odeint_adjoint(self.field, y0, times, adjoint_options=self.adjoint_options,

@@ -6,8 +6,21 @@ families stays cheap.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Callable
+
+
+def lazy(target: str) -> Callable:
+    """A function that imports `module:attr` on its first call and calls it: families name their heavy parts
+    (models, plots, report sections) this way, so listing the families imports none of them."""
+    module, attr = target.split(":")
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), attr)(*args, **kwargs)
+
+    call.__name__ = attr
+    return call
 
 
 @dataclass(frozen=True)

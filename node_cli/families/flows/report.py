@@ -217,3 +217,8 @@ def _seminorm(rep: Page, runs) -> None:
     rep.add("### Seminorm adjoint (Kidger et al. 2021): mean NFE per training step, same experiment and budget", "")
     rep.add(*md_table(["experiment", "steps", "adjoint_norm", "NFE-F", "NFE-B", "s / step", "test metric", "runs"],
                       rows))
+
+
+def sections() -> tuple:
+    """This family's sections of node-report, in order."""
+    return (flows,)

@@ -298,3 +298,14 @@ def run_memory(args, device, out, log) -> list[str]:
     text = write_table(out, "memory", rows, MEMORY_COLUMNS, memory_header(args, device, rows))
     memory_plot(rows, out / "memory.png")
     return [text]
+
+
+def commands() -> dict:
+    from ..base import BenchCommand
+
+    return {
+        "step": BenchCommand("node-run's MNIST training step against the reference-style baseline",
+                             add_arguments, check_arguments, run_step, default=True),
+        "memory": BenchCommand("activation bytes / peak memory of one step: ODE-Net, RK-Net, ResNet depths",
+                               add_arguments, check_arguments, run_memory, default=True),
+    }

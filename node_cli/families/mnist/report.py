@@ -246,3 +246,8 @@ def _slope(xs, ys):
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     var = sum((x - mx) ** 2 for x in xs)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else None
+
+
+def sections() -> tuple:
+    """This family's sections of node-report, in order."""
+    return (table1, figure3, memory)

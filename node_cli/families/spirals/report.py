@@ -75,3 +75,8 @@ def details(rep: Page, runs) -> None:
         rep.add(*md_table(["run", "model", "n_obs", "test_rmse", "clockwise / counter-cl.", "median",
                            "test_recon_rmse", "test_elbo / test_nll", "NFE-F / NFE-B", "s/step", "wall s", "solver"],
                           rows))
+
+
+def sections() -> tuple:
+    """This family's sections of node-report, in order."""
+    return (table2,)
