@@ -147,10 +147,6 @@ def fixed_batch_check(runner, batch, device) -> dict:
                 check_nfe_backward=end - seen["forward"], activation_bytes=act, peak_memory_bytes=peak)
 
 
-def median(values):
-    return statistics.median(values) if values else float("nan")
-
-
 def bench_model(args, model: str, device: torch.device, log) -> list[dict]:
     cfg = args.configure(mnist_overrides(args, model))
     runners = [NodeRunner("node-run", cfg, device)]
@@ -223,7 +219,7 @@ MEMORY_COLUMNS = [
 
 def step_header(args, device, rows) -> str:
     env = environment(args.line, device)
-    lines = [f"## Training step: node-run against the reference-style baseline",
+    lines = ["## Training step: node-run against the reference-style baseline",
              f"`{env['command']}` on {env['machine']} ({env['cores']} cores, {env['threads']} torch threads, "
              f"{env['device']}), torch {env['torch']}, load average at the end {env['load_average']}.",
              f"Batch {args.batch}; ODE models solved by {args.method} at rtol = atol = {args.tol:g}; "

@@ -3,6 +3,8 @@ update) on one fixed batch: ODE-Net (adjoint) and RK-Net (backprop through the s
 the same initial weights, and ResNets of several depths."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
