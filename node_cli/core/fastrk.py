@@ -27,8 +27,6 @@ from collections.abc import Sequence
 import torch
 import torchdiffeq
 
-from .checks import one_line
-
 SUFFIX = "+fastrk"        # torchdiffeq method name of an adaptive Runge-Kutta solver with fast stage arithmetic
 TESTED = ("0.2.5",)       # torchdiffeq versions whose private layout this module was checked against
 _FAST: dict | None = None  # method -> its fast name, once registered ({} when it fell back)
@@ -171,7 +169,7 @@ def _register() -> dict:
         missing += [] if hasattr(rk_common, "_runge_kutta_step") else ["rk_common._runge_kutta_step"]
         importlib.import_module("torchdiffeq._impl.interp")._interp_fit  # noqa: B018 - must exist
     except (ImportError, AttributeError) as exc:
-        missing = [one_line(exc)]
+        missing = [f"{type(exc).__name__}: {exc}"]
     if version not in TESTED or missing:
         why = f"missing {', '.join(missing)}" if missing else f"untested version (tested: {', '.join(TESTED)})"
         warnings.warn(f"model.fast_rk: torchdiffeq {version}: {why}; using torchdiffeq's own Runge-Kutta "

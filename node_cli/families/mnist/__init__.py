@@ -4,13 +4,21 @@ data.py (fetching MNIST; `node-data`), models.py, task.py (the training task), r
 memory), tolsweep.py (`node-report tolsweep`), bench.py + bench_memory.py (`node-bench step | memory`),
 reference.py (the reference-style baseline node-bench measures against). Docs: docs/families/mnist.md.
 """
-from ..base import Family, lazy
+from ..base import BenchCommand, Family, lazy
+
+_options = lazy(f"{__name__}.bench:add_arguments"), lazy(f"{__name__}.bench:check_arguments")
+BENCH = {
+    "step": BenchCommand("node-run's MNIST training step against the reference-style baseline", *_options,
+                         lazy(f"{__name__}.bench:run_step"), default=True),
+    "memory": BenchCommand("activation bytes / peak memory of one step: ODE-Net, RK-Net, ResNet depths", *_options,
+                           lazy(f"{__name__}.bench_memory:run_memory"), default=True),
+}
 
 FAMILY = Family(
     name="mnist", task="classify", models=("mlp", "resnet", "rknet", "odenet"), headline=("test_error",),
     build=lazy(f"{__name__}.task:MnistTask"), check=lazy(f"{__name__}.task:check"),
     experiment_of=lambda run: f"mnist_{run.model}",
     sections=lazy(f"{__name__}.report:sections"),
-    bench_commands=lazy(f"{__name__}.bench:commands"),
+    bench_commands=lambda: BENCH,
     tools=lambda: {"tolsweep": lazy(f"{__name__}.tolsweep:main")},
 )

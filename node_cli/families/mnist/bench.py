@@ -284,24 +284,3 @@ def run_step(args, device, out, log) -> list[str]:
         log(f"node-bench step: {model}")
         rows += bench_model(args, model, device, log)
     return [write_table(out, "step", rows, STEP_COLUMNS, step_header(args, device, rows))]
-
-
-def run_memory(args, device, out, log) -> list[str]:
-    from .bench_memory import memory_header, memory_plot, memory_rows
-
-    log("node-bench memory")
-    rows = memory_rows(args, device, log)
-    text = write_table(out, "memory", rows, MEMORY_COLUMNS, memory_header(args, device, rows))
-    memory_plot(rows, out / "memory.png")
-    return [text]
-
-
-def commands() -> dict:
-    from ..base import BenchCommand
-
-    return {
-        "step": BenchCommand("node-run's MNIST training step against the reference-style baseline",
-                             add_arguments, check_arguments, run_step, default=True),
-        "memory": BenchCommand("activation bytes / peak memory of one step: ODE-Net, RK-Net, ResNet depths",
-                               add_arguments, check_arguments, run_memory, default=True),
-    }

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from ...core.clock import environment
 from ...core.measure import activation_bytes, peak_memory, peak_memory_method, saved_by_shape
 from ...core.solve import nfe
-from .bench import VARIANTS, mnist_overrides
+from ...core.tables import write_table
+from .bench import MEMORY_COLUMNS, VARIANTS, mnist_overrides
 
 MiB = 2 ** 20
 
@@ -109,3 +110,11 @@ def memory_plot(rows, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_memory(args, device, out, log) -> list[str]:
+    log("node-bench memory")
+    rows = memory_rows(args, device, log)
+    text = write_table(out, "memory", rows, MEMORY_COLUMNS, memory_header(args, device, rows))
+    memory_plot(rows, out / "memory.png")
+    return [text]
