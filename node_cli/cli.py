@@ -1,5 +1,7 @@
 """`node-run`: the Hydra entry point. `main()` checks the command line first, so bad input is one line and a
-non-zero exit before any run folder is made; `run()` is the @hydra.main task that trains and writes the run."""
+non-zero exit before any run folder is made, and claims every run folder the command will write (a folder that
+holds a run, or that another node-run claimed, is refused); `run()` is the @hydra.main task that trains and writes
+the run. `node-run resume=RUN_DIR` continues a run in its own folder (resume.py)."""
 from __future__ import annotations
 
 import sys
@@ -12,33 +14,63 @@ from omegaconf import OmegaConf
 
 from . import families
 from .core.checks import ConfigError, DataError, one_line, validate
-from .core.compose import GROUPS, compose, options
-from .core.rundir import CHECKPOINT, METRICS, SUMMARY, read_summary
+from .core.compose import GROUPS, compose, keys, nearest, options
+from .core import stop
+from .core.rundir import CHECKPOINT, SUMMARY, claim, holds_run, load_checkpoint, read_summary
 from .experiment import execute, report_lines
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
                "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--shell-completion", "-sc")
 MAX_PRECHECK = 256
-FAILED: list[str] = []   # jobs of this process that did not finish with status ok
+FAILED: list[str] = []        # jobs of this process that did not finish with status ok
+INTERRUPTED: list[str] = []   # jobs of this process that were stopped (their summary says so)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://node_cli.conf", config_name="config")
 def run(cfg) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
     try:
-        summary = execute(cfg, out_dir)
+        summary = execute(cfg, out_dir, **requeued(cfg, out_dir))
     except (ConfigError, DataError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr, flush=True)
         FAILED.append(out_dir)
         return
+    except KeyboardInterrupt:
+        INTERRUPTED.append(out_dir)
+        raise
+    finish(summary, out_dir)
+
+
+def requeued(cfg, out_dir) -> dict:
+    """A job that finds its folder holding an interrupted run of the same config is a requeued one (SLURM after a
+    preemption or time-out): it continues from the checkpoint. The pre-check refuses such folders on the command
+    line, so nothing else gets here."""
+    folder = Path(out_dir)
+    if not (folder / CHECKPOINT).is_file():
+        return {}
+    ckpt = load_checkpoint(folder / CHECKPOINT)
+    if ckpt.get("config") != OmegaConf.to_container(cfg) or ckpt.get("format") != 2:
+        raise ConfigError(f"{folder} holds another run; node-run never overwrites a run")
+    try:
+        history = read_summary(folder).get("resumed", [])
+    except (OSError, ValueError):
+        history = []
+    print(f"node-run: {folder} holds this job's interrupted run: continuing from step {ckpt['step']}",
+          file=sys.stderr, flush=True)
+    return dict(resume=ckpt, history=history)
+
+
+def finish(summary: dict, out_dir) -> None:
+    """Print the run's report; a stopped run stops the whole command, a failed one is counted."""
     print("\n".join(report_lines(summary, out_dir)), flush=True)
     if summary["status"] == "interrupted":
+        INTERRUPTED.append(str(out_dir))
         raise KeyboardInterrupt   # the summary is written; stop the whole command, sweeps included
     if summary["status"] != "ok":
         kept = "last good checkpoint kept" if (Path(out_dir) / CHECKPOINT).is_file() else "no checkpoint yet"
         print(f"node-run: error: run {summary['status']}: {summary['error']} "
               f"(summary in {Path(out_dir) / SUMMARY}; {kept})", file=sys.stderr, flush=True)
-        FAILED.append(out_dir)
+        FAILED.append(str(out_dir))
 
 
 class SweepStatus(Callback):
@@ -55,7 +87,7 @@ class SweepStatus(Callback):
                 continue
             try:
                 ok = read_summary(job).get("status") == "ok"
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 ok = False
             if not ok:
                 FAILED.append(str(job))
@@ -63,8 +95,10 @@ class SweepStatus(Callback):
                       file=sys.stderr, flush=True)
 
 
-def precheck(argv: list[str]) -> None:
-    """Compose every job the command line asks for and validate it; raise ConfigError on the first bad one."""
+def precheck(argv: list[str]) -> list[str]:
+    """Compose every job the command line asks for and validate it; raise ConfigError on the first bad one. Then
+    claim the folders the jobs will write (refusing any that holds a run) and return the overrides that pin them,
+    so that Hydra writes exactly there."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -81,6 +115,15 @@ def precheck(argv: list[str]) -> None:
             for v in values:
                 if v is not None and str(v) not in options(group):
                     raise ConfigError(f"unknown {group} {v!r}; accepted: {', '.join(options(group))}")
+    appended = [o for o in parsed if o.is_add() or o.is_force_add()]
+    if appended:   # `+solver.rtl=1e-3` would add a key node-run never reads: refuse it, naming the nearest key
+        base = compose([a for a, o in zip(args, parsed) if o not in appended and not o.is_sweep_override()])
+        known = keys(base)
+        for o in appended:
+            key = o.key_or_group
+            if key.split(".")[0] != "hydra" and key not in known and o.get_key_element().lstrip("+") not in GROUPS:
+                raise ConfigError(f"unknown key {key!r}: node-run has no such setting, and adding it with + would "
+                                  f"be silently ignored{nearest(key, known)}")
     jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [args]
     if multirun:  # Hydra first composes the command line without its swept values: that must work too
         try:
@@ -89,34 +132,68 @@ def precheck(argv: list[str]) -> None:
             raise ConfigError(f"{exc} (a multirun first composes the command line without its swept values: also "
                               "name the config group that has this key, e.g. dataset=spirals)") from None
     for job in jobs[:MAX_PRECHECK]:
-        cfg = compose(job, hydra=not multirun)
+        cfg = compose(job)
         validate(cfg)
         families.check(cfg)
-        if not multirun:
-            try:
-                out = Path(OmegaConf.select(cfg, "hydra.run.dir"))
-            except Exception:  # interpolations only Hydra's runtime can resolve
-                continue
-            if (out / SUMMARY).exists() or (out / METRICS).exists():
-                raise ConfigError(f"{out} already holds a run; choose another hydra.run.dir "
-                                  "(node-run never overwrites a run)")
+    return claim_folders(jobs, multirun)
+
+
+def _resolved(cfg, key: str, num: int | None = None) -> Path | None:
+    if num is not None:
+        OmegaConf.update(cfg, "hydra.job.num", num, force_add=True)
+    try:
+        value = OmegaConf.select(cfg, key)
+    except Exception:  # interpolations only Hydra's runtime can resolve
+        return None
+    return Path(str(value)) if value is not None else None
+
+
+def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
+    """Refuse folders that hold a run, claim the rest atomically, and pin the run (or sweep) folder."""
+    cfg = compose(jobs[0], hydra=True)
+    if not multirun:
+        out = _resolved(cfg, "hydra.run.dir")
+        if out is None:
+            return []
+        folders, pin = [out], [f"hydra.run.dir={out}"]
+    else:
+        sweep = _resolved(cfg, "hydra.sweep.dir")
+        if sweep is None:
+            return []
+        cfg.hydra.sweep.dir = str(sweep)
+        folders = [_resolved(cfg, "hydra.sweep.subdir", i) for i in range(min(len(jobs), MAX_PRECHECK))]
+        folders, pin = [sweep / f for f in folders if f is not None], [f"hydra.sweep.dir={sweep}"]
+    for folder in folders:
+        if holds_run(folder):
+            raise ConfigError(f"{folder} already holds a run; choose another "
+                              f"{'hydra.sweep.dir' if multirun else 'hydra.run.dir'} (node-run never overwrites a "
+                              "run; node-run resume=FOLDER continues one)")
+    for folder in folders:
+        claim(folder)
+    return pin
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a.startswith("resume=") for a in argv):
+        from .resume import main as resume_main
+        return resume_main(argv)
     if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
         try:
-            precheck(argv)
+            argv = argv + precheck(argv)
         except (ConfigError, DataError) as exc:
             print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
     sys.argv = [sys.argv[0]] + argv
-    try:
-        run()
-    except KeyboardInterrupt:
-        print("node-run: interrupted; the run's summary.json says so", file=sys.stderr)
-        sys.exit(130)
     from node_cli import cli as installed   # SweepStatus's module: not this one under `python -m node_cli.cli`
+    try:
+        with stop.watch(immediate=True):
+            run()
+    except KeyboardInterrupt:
+        stopped = INTERRUPTED + installed.INTERRUPTED
+        print(f"node-run: interrupted; {Path(stopped[-1]) / SUMMARY} says so" if stopped else
+              "node-run: interrupted before a run started", file=sys.stderr)
+        sys.exit(128 + (stop.last_signal or 2))
     if FAILED or installed.FAILED:
         sys.exit(1)
 

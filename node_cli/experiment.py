@@ -2,13 +2,21 @@
 tool that trains; `configure(overrides)` composes and checks a config outside node-run's own @hydra.main."""
 from __future__ import annotations
 
+import datetime
+import logging
+
 import torch
+from omegaconf import OmegaConf
 
 from . import families
+from .core import stop
 from .core.checks import ConfigError, DataError, one_line, resolve_device, validate
+from .core.clock import provenance
 from .core.compose import compose
 from .core.measure import count_parameters
 from .core.rundir import RunDir
+
+log = logging.getLogger("node_run")
 
 
 def configure(overrides: list[str]):
@@ -26,26 +34,55 @@ def base_summary(cfg, device) -> dict:
                 seed=cfg.seed, device=str(device), torch=torch.__version__)
 
 
-def execute(cfg, out_dir) -> dict:
-    """Train one configured run into `out_dir`; returns its summary (also written to summary.json)."""
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def deterministic(on: bool, device: torch.device) -> None:
+    """`deterministic=true`: PyTorch's deterministic algorithms (an op without one fails the run, saying which)."""
+    torch.use_deterministic_algorithms(bool(on))
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = bool(on), False
+
+
+def execute(cfg, out_dir, resume: dict | None = None, history: list | None = None) -> dict:
+    """Train one configured run into `out_dir` (continuing from the checkpoint `resume`, with the earlier
+    processes' `history` of resumes); returns its summary, also written to summary.json whatever happens."""
     from .core.train import fit
 
     run = RunDir(out_dir)
     device = resolve_device(cfg.device) if cfg.device in ("auto", "cpu", "cuda") else cfg.device
-    summary = base_summary(cfg, device)
-    try:
-        validate(cfg)
-        families.check(cfg)
-        torch.manual_seed(cfg.seed)
-        task = families.build(cfg, device)
-        summary["params"] = count_parameters(task.model)
-        summary.update(fit(cfg, task, run, device))
-    except (ConfigError, DataError) as exc:
-        summary.update(status="error", error=one_line(exc))
-        run.write_summary(summary)
-        raise
-    summary["run_dir"] = str(run.path)
-    run.write_summary(summary)
+    summary = dict(base_summary(cfg, device), **provenance(device))
+    if resume is not None:
+        summary["resumed"] = list(history or []) + [dict(at=_now(), from_step=resume["step"],
+                                                         max_steps=cfg.trainer.max_steps, epochs=cfg.trainer.epochs)]
+    log.info("%s %s on %s; config:\n%s", "resuming from step %s:" % resume["step"] if resume else "starting:",
+             cfg.name, device, OmegaConf.to_yaml(cfg))
+    with stop.watch(immediate=True):   # a signal while loading stops at once; fit's steps end cleanly
+        try:
+            validate(cfg)
+            families.check(cfg)
+            deterministic(cfg.get("deterministic", False), device)
+            torch.manual_seed(cfg.seed)
+            task = families.build(cfg, device)
+            summary["params"] = count_parameters(task.model)
+            summary.update(fit(cfg, task, run, device, resume=resume))
+        except (ConfigError, DataError) as exc:
+            summary.update(status="error", error=one_line(exc), finished=_now())
+            run.write_summary(summary)
+            log.error("error: %s", one_line(exc))
+            raise
+        except KeyboardInterrupt:
+            where = f"before continuing from step {resume['step']}" if resume else "before the first training step"
+            summary.update(status="interrupted", finished=_now(),
+                           error=f"stopped while loading the data or building the model, {where}")
+            run.write_summary(summary)
+            log.warning("interrupted: %s", summary["error"])
+            raise
+        summary.update(run_dir=str(run.path), finished=_now())
+        run.write_summary(summary)   # before the watcher hands a preemption on (submitit requeues and exits)
+        log.info("status %s after %s steps%s", summary["status"], summary["steps"],
+                 f": {summary['error']}" if summary.get("error") else "")
     return summary
 
 

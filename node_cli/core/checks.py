@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from omegaconf import ListConfig
 
 
 class ConfigError(Exception):
@@ -69,6 +70,19 @@ def integer(value, key: str, low: int | None = None, high: int | None = None, wh
         raise ConfigError(f"{exc}{why}") from None
 
 
+def boolean(value, key: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be true or false")
+
+
+def text(value, key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be a non-empty string"
+                          + (" or null" if allow_none else ""))
+
+
 def choice(value, key: str, accepted) -> None:
     if value not in accepted:
         raise ConfigError(f"unknown {key} {value!r}; accepted: {', '.join(map(str, accepted))}")
@@ -78,11 +92,13 @@ def validate(cfg) -> None:
     """Checks shared by every experiment family; each family checks its own model and dataset keys."""
     from .solve import SOLVERS
 
+    text(cfg.name, "name")
+    integer(cfg.seed, "seed", 0, 2 ** 63 - 1)
     s = cfg.solver
     choice(s.method, "solver.method", SOLVERS)
     positive(s.rtol, "solver.rtol")
     positive(s.atol, "solver.atol")
-    choice(s.adjoint, "solver.adjoint", (True, False))
+    boolean(s.adjoint, "solver.adjoint")
     choice(s.adjoint_norm, "solver.adjoint_norm", ("default", "seminorm"))
     positive(s.get("step_size"), "solver.step_size", allow_none=True)
     positive(s.get("max_num_steps"), "solver.max_num_steps", integer=True, allow_none=True)
@@ -91,6 +107,16 @@ def validate(cfg) -> None:
     positive(t.max_steps, "trainer.max_steps", integer=True, allow_none=True)
     positive(t.batch_size, "trainer.batch_size", integer=True)
     positive(t.lr, "trainer.lr")
+    positive(t.get("lr_batch_denom"), "trainer.lr_batch_denom", allow_none=True)
+    number(t.momentum, "trainer.momentum", 0)
+    number(t.weight_decay, "trainer.weight_decay", 0)
+    positive(t.gamma, "trainer.gamma")
+    milestones = t.milestones
+    if not isinstance(milestones, (list, tuple, ListConfig)):
+        raise ConfigError(f"trainer.milestones={milestones!r} is not allowed: it must be a list of epochs, e.g. [60,100]")
+    for m in milestones:
+        positive(m, "trainer.milestones entry", integer=True)
+    boolean(t.progress, "trainer.progress")
     positive(t.eval_every, "trainer.eval_every", integer=True, allow_none=True)
     positive(t.eval_limit, "trainer.eval_limit", integer=True, allow_none=True)
     choice(t.optimizer, "trainer.optimizer", OPTIMIZERS)
@@ -101,6 +127,7 @@ def validate(cfg) -> None:
     number(t.get("min_lr_ratio", 0.0), "trainer.min_lr_ratio", 0, 1)
     positive(cfg.dataset.get("limit"), "dataset.limit", integer=True, allow_none=True)
     choice(cfg.device, "device", DEVICES)
+    boolean(cfg.get("deterministic", False), "deterministic")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
 

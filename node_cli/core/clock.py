@@ -110,3 +110,38 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(device: torch.device) -> dict:
+    """What a reader needs to trust a run's numbers later: versions, commit, machine, command line, start time."""
+    import socket
+    import sys
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    commit = _git("rev-parse", "HEAD")
+    return dict(node_run=version("node-run"), git_commit=commit,
+                git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+                versions=dict(torch=torch.__version__, torchdiffeq=version("torchdiffeq"),
+                              hydra_core=version("hydra-core"), python=platform.python_version()),
+                device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+                host=socket.gethostname(), threads=torch.get_num_threads(), command=" ".join(sys.argv),
+                started=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))

@@ -3,7 +3,9 @@ list of overrides composes to, for every tool that builds or reads a run outside
 (`experiment.configure` adds the checks)."""
 from __future__ import annotations
 
+import difflib
 import functools
+import re
 from importlib import resources
 
 from .checks import ConfigError, one_line
@@ -26,7 +28,17 @@ def compose(overrides: list[str], hydra: bool = False):
         try:
             return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra)
         except Exception as exc:  # Hydra's composition errors: unknown keys, bad values, ambiguous sweeps
-            raise ConfigError(one_line(exc)) from None
+            message = one_line(exc)
+    unknown = re.match(r"Could not override '([^']+)'", message)
+    if unknown:   # Hydra suggests appending it with +, which node-run would then ignore: name the nearest key
+        key = unknown.group(1)
+        rest = [o for o in overrides if not o.lstrip("~+").startswith(key + "=")]
+        try:
+            hint = nearest(key, keys(compose(rest))) if len(rest) < len(overrides) else ""
+        except ConfigError:
+            hint = ""
+        message = f"unknown key {key!r}: the config these overrides compose has no such setting{hint}"
+    raise ConfigError(message)
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,3 +49,22 @@ def experiment_defaults(name: str) -> dict | None:
     if name not in options("experiment"):
         return None
     return OmegaConf.to_container(compose([f"experiment={name}"]), resolve=True)
+
+
+def keys(node, prefix: str = "") -> list[str]:
+    """Every dotted key of a composed config (its leaves and inner nodes), Hydra's own `hydra.*` aside."""
+    from omegaconf import DictConfig
+
+    out = []
+    for k in node.keys() if isinstance(node, DictConfig) else ():
+        if not prefix and k == "hydra":
+            continue
+        out.append(prefix + str(k))
+        out += keys(node[k], f"{prefix}{k}.")
+    return out
+
+
+def nearest(key: str, known: list[str]) -> str:
+    """' (did you mean X?)' for the known key closest to `key`, '' if none is close."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    return f" (did you mean {close[0]}?)" if close else ""

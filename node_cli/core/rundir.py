@@ -21,6 +21,7 @@ import torch
 from .checks import ConfigError, one_line
 
 METRICS, SUMMARY, CHECKPOINT = "metrics.jsonl", "summary.json", "checkpoint.pt"
+CLAIM = ".node-run.claim"   # made with O_EXCL before a run starts: two node-runs never share a folder
 CONFIG = Path(".hydra") / "config.yaml"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -85,8 +86,54 @@ def read_metrics(path) -> list[dict]:
 
 
 def read_summary(path) -> dict:
+    """A run's summary; ValueError if it is not a JSON object."""
     with open(Path(path) / SUMMARY) as f:
-        return json.load(f)
+        summary = json.load(f)
+    if not isinstance(summary, dict):
+        raise ValueError(f"{SUMMARY} holds a {type(summary).__name__}, not an object")
+    return summary
+
+
+def truncate_metrics(path, step: int, drop_final: bool = False) -> None:
+    """Keep the metrics lines up to `step` (and drop a final line if `drop_final`): a resumed run continues the log
+    from its checkpoint instead of restarting it. Rewritten atomically."""
+    file = Path(path) / METRICS
+    if not file.is_file():
+        return
+    kept = []
+    for line in file.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue   # a half-written line of the interrupted process
+        if isinstance(row, dict) and row.get("step", 0) <= step and not (drop_final and row.get("final")):
+            kept.append(line)
+
+    def write(tmp):
+        Path(tmp).write_text("".join(k + "\n" for k in kept))
+    atomic_write(file, write)
+
+
+def claim(path) -> Path:
+    """Make `path` and claim it for one node-run with a marker created atomically (O_EXCL); ConfigError if another
+    node-run claimed it first. Returns the marker."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / CLAIM
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        raise ConfigError(f"{path} is already claimed by another node-run (it holds {CLAIM}); choose another "
+                          "folder (node-run never writes two runs into one)") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(dict(pid=os.getpid(), host=os.uname().nodename)) + "\n")
+    return marker
+
+
+def holds_run(path) -> bool:
+    """Whether a folder already holds (or is reserved for) a run."""
+    path = Path(path)
+    return any((path / name).exists() for name in (SUMMARY, METRICS, CHECKPOINT, CLAIM))
 
 
 def load_checkpoint(path) -> dict:
@@ -173,16 +220,21 @@ def load_run(path: Path) -> Run:
         bad = 0
         for line in (run.path / METRICS).read_text(errors="replace").splitlines():
             try:
-                run.metrics.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
+                row = None
+            if isinstance(row, dict):
+                run.metrics.append(row)
+            else:
                 bad += int(bool(line.strip()))
         if bad:
             run.problems.append(f"{METRICS}: {bad} unreadable line(s) skipped (half-written?)")
     if (run.path / SUMMARY).is_file():
         try:
-            run.summary = json.loads((run.path / SUMMARY).read_text())
+            run.summary = read_summary(run.path)
             run.status = str(run.summary.get("status", "unknown"))
         except ValueError as exc:
+            run.summary = None
             run.status = "unreadable"
             run.problems.append(f"{SUMMARY} is not valid JSON (half-written?): {one_line(exc, 200)}")
     else:

@@ -2,15 +2,23 @@
 
 A family supplies a *task* (the `Task` protocol below). `fit` adds what every run records: NFE-F/NFE-B per step,
 seconds per step, activation bytes and peak memory, metrics.jsonl lines, atomic checkpoints, and the run's status
-when the solver fails mid-run.
+when the solver fails mid-run or the run is stopped.
 
 Run length, the same for every family: `trainer.max_steps`, when set, is the number of optimizer steps of the run
 (as many epochs as that takes); when null, the run is `trainer.epochs` epochs. An epoch is one pass over the
 training split as the family defines it (`steps_per_epoch()`): MNIST, len(train) // batch; spirals, one
 full-batch iteration; flows, which draw fresh samples every step, the whole run.
+
+Stopping and resuming. SIGTERM (what schedulers send), SIGINT (Ctrl-C) and the scheduler's preemption signal are
+caught: the loop stops at the end of the current step, saves a checkpoint of that step and ends with status
+`interrupted` (a second Ctrl-C stops at once). Every checkpoint holds what continuing needs (core/rundir.py: model,
+optimizer, scheduler, counters, running totals, every random generator), so `fit(..., resume=checkpoint)` continues
+the run exactly: a run of 2N steps and a run stopped at N and resumed end with the same weights and metrics.
 """
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import time
 from typing import Iterable, Protocol
@@ -19,9 +27,9 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from . import measure
+from . import measure, stop
 from .checks import one_line
-from .rundir import RunDir
+from .rundir import RunDir, truncate_metrics
 from .solve import nfe, nfe_note
 
 
@@ -32,6 +40,7 @@ class Task(Protocol):
 
     def steps_per_epoch(self) -> int: ...     # optimizer steps in one pass over the training split
     def train_batches(self, epoch: int) -> Iterable: ...   # that epoch's batches
+    def generators(self) -> list: ...         # the torch.Generators its batches draw from (optional; checkpointed)
     def loss(self, batch) -> torch.Tensor: ...             # the scalar training loss of a batch
     def evaluate(self, limit: int | None) -> dict: ...     # test metrics; limit caps test examples (None: all)
     def memory_batch(self): ...               # a fixed training batch for the memory measurement
@@ -42,7 +51,9 @@ class SolverFailure(RuntimeError):
     """The loss or the solve stopped being finite."""
 
 
+log = logging.getLogger("node_run")
 FAILURES = (AssertionError, RuntimeError, FloatingPointError)  # torchdiffeq signals underflow by AssertionError
+CHECKPOINT_FORMAT = 2   # checkpoints that hold the whole training state (resumable)
 
 
 def make_optimizer(t, params):
@@ -63,103 +74,257 @@ def make_scheduler(t, optimizer, total: int):
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(t.milestones), t.gamma), False
 
 
+def run_length(cfg, task) -> int:
+    """Optimizer steps of the run: trainer.max_steps when set, else trainer.epochs epochs."""
+    return cfg.trainer.max_steps or cfg.trainer.epochs * task.steps_per_epoch()
+
+
 def _finite(values: dict) -> bool:
     return all(math.isfinite(v) for v in values.values() if isinstance(v, (int, float)))
 
 
-def fit(cfg, task, run: RunDir, device: torch.device) -> dict:
-    model, t = task.model, cfg.trainer
-    optimizer = make_optimizer(t, model.parameters())
-    total = t.max_steps or t.epochs * task.steps_per_epoch()
-    scheduler, per_step = make_scheduler(t, optimizer, total)
+def _zeros() -> dict:
+    return dict(loss=0.0, steps=0, nfe_f=0, nfe_b=0, time=0.0)
 
-    step, epoch, status, error = 0, 0, "ok", None
-    last_eval: dict = {}
-    totals = dict(loss=0.0, steps=0, nfe_f=0, nfe_b=0, time=0.0)   # the whole run
-    window = dict(totals)                                           # since the last metrics line
-    started = time.time()
 
-    def evaluate(final: bool):
-        nonlocal last_eval
-        result = task.evaluate(None if final else t.eval_limit)
-        n = max(window["steps"], 1)
-        row = dict(step=step, epoch=epoch, train_loss=window["loss"] / n, **result,
-                   nfe_forward=window["nfe_f"] / n, nfe_backward=window["nfe_b"] / n,
-                   sec_per_step=window["time"] / n, lr=optimizer.param_groups[0]["lr"],
-                   wall_time=time.time() - started, final=final)
-        run.log(row)
-        window.update(loss=0.0, steps=0, nfe_f=0, nfe_b=0, time=0.0)
+def _rng_state() -> dict:
+    state = dict(torch=torch.get_rng_state())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Loop:
+    """One run's training: its state (counters, totals, optimizer, scheduler) and the steps that change it."""
+
+    def __init__(self, cfg, task, run: RunDir, device: torch.device):
+        self.cfg, self.task, self.run, self.device = cfg, task, run, device
+        self.model, self.t = task.model, cfg.trainer
+        self.optimizer = make_optimizer(self.t, self.model.parameters())
+        self.total = run_length(cfg, task)
+        self.scheduler, self.per_step = make_scheduler(self.t, self.optimizer, self.total)
+        self.step = self.epoch = self.in_epoch = 0   # in_epoch: steps done in the current epoch
+        self.last_eval: dict = {}
+        self.last_eval_step = None
+        self.totals, self.window = _zeros(), _zeros()   # the whole run; since the last metrics line
+        self.elapsed = 0.0                              # wall seconds of earlier processes (resumed runs)
+        self.started = time.time()
+        self.epoch_rng = None                           # the task's generators at the start of this epoch
+        self.skip = 0                                   # batches of this epoch already trained (resumed runs)
+        self.owed = False                               # the evaluation a finished run owes its last step
+        self.pre_end = None                             # epoch, schedule and lr before the last step's epoch end
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def schedule_state(self) -> dict:
+        """The lr scheduler's state as plain data (MultiStepLR keeps its milestones in a Counter)."""
+        return {k: (dict(v) if k == "milestones" else v) for k, v in self.scheduler.state_dict().items()}
+
+    def load_schedule(self, state: dict) -> None:
+        from collections import Counter
+
+        state = dict(state)
+        if "milestones" in state:
+            state["milestones"] = Counter(state["milestones"])
+        self.scheduler.load_state_dict(state)
+
+    def state(self, final: bool, window: dict) -> dict:
+        return dict(format=CHECKPOINT_FORMAT, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.schedule_state(), pre_end=self.pre_end,
+                    step=self.step, epoch=self.epoch, in_epoch=self.in_epoch, final=final,
+                    metrics=self.last_eval, metrics_step=self.last_eval_step, totals=dict(self.totals),
+                    window=dict(window), wall_time=self.wall(), rng=_rng_state(), epoch_rng=self.epoch_rng,
+                    config=OmegaConf.to_container(self.cfg))
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue from a checkpoint of this run (same config but perhaps a larger budget)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.load_schedule(ckpt["scheduler"])
+        self.pre_end = ckpt["pre_end"]
+        self.step, self.epoch, self.in_epoch = ckpt["step"], ckpt["epoch"], ckpt["in_epoch"]
+        self.last_eval, self.last_eval_step = dict(ckpt["metrics"] or {}), ckpt.get("metrics_step")
+        self.totals, self.window = dict(ckpt["totals"]), dict(ckpt["window"])
+        self.elapsed, self.started = float(ckpt["wall_time"]), time.time()
+        self.epoch_rng, self.skip = ckpt["epoch_rng"], self.in_epoch
+        self.owed = bool(ckpt["final"])
+        # metrics lines after the checkpoint (and a finished run's final line) belong to the old ending
+        truncate_metrics(self.run.path, self.step, drop_final=True)
+        _set_rng_state(ckpt["rng"])
+
+    def wall(self) -> float:
+        return self.elapsed + time.time() - self.started
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def evaluate(self, final: bool) -> dict:
+        result = self.task.evaluate(None if final else self.t.eval_limit)
+        w, n = self.window, max(self.window["steps"], 1)
+        row = dict(step=self.step, epoch=self.epoch, train_loss=w["loss"] / n, **result,
+                   nfe_forward=w["nfe_f"] / n, nfe_backward=w["nfe_b"] / n, sec_per_step=w["time"] / n,
+                   lr=self.optimizer.param_groups[0]["lr"], wall_time=self.wall(), final=final)
+        self.run.log(row)
+        log.info("evaluation at step %d%s: %s", self.step, " (final)" if final else "",
+                 ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+        before, self.window = self.window, _zeros()
         if _finite(result):
-            last_eval = result
-            run.save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
-                                     epoch=epoch, metrics=result, config=OmegaConf.to_container(cfg)))
+            self.last_eval, self.last_eval_step = result, self.step
+            # a final checkpoint keeps the window before its line: a longer budget resumes from just before it
+            self.run.save_checkpoint(self.state(final, before if final else self.window))
         return result
 
-    bar = tqdm(total=total, desc=cfg.name, disable=not t.progress, dynamic_ncols=True)
-    try:
-        while step < total:
-            for batch in task.train_batches(epoch):
-                f0, b0 = nfe(model)
-                tic = time.perf_counter()
-                loss = task.loss(batch)
-                if not torch.isfinite(loss):
-                    raise SolverFailure(f"non-finite training loss at step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if per_step:
-                    scheduler.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                f1, b1 = nfe(model)
-                value = loss.item()
-                for acc in (window, totals):
-                    acc["time"] += time.perf_counter() - tic
-                    acc["loss"] += value
-                    acc["steps"] += 1
-                    acc["nfe_f"] += f1 - f0
-                    acc["nfe_b"] += b1 - b0
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}", nfe_f=f1 - f0, nfe_b=b1 - b0)
-                if step >= total:
-                    break
-                if t.eval_every and step % t.eval_every == 0:
-                    evaluate(final=False)
-            if step % task.steps_per_epoch() == 0:   # a whole epoch done (not cut short by max_steps)
-                epoch += 1
-                if not per_step:
-                    scheduler.step()
-                if step < total and not t.eval_every:
-                    evaluate(final=False)
-    except KeyboardInterrupt:
-        status, error = "interrupted", "stopped by the user (Ctrl-C)"
-    except FAILURES as exc:
-        status, error = "failed", f"{type(exc).__name__}: {one_line(exc)}"
-    finally:
-        bar.close()
+    def after_step(self) -> None:
+        """The intermediate evaluation due after this step, if any (not after the run's last step)."""
+        if self.t.eval_every and self.step % self.t.eval_every == 0:
+            self.evaluate(final=False)
 
-    if status == "ok":
+    def end_of_epoch(self) -> None:
+        self.epoch, self.in_epoch = self.epoch + 1, 0
+        if not self.per_step:
+            self.scheduler.step()
+        if self.step < self.total and not self.t.eval_every:
+            self.evaluate(final=False)
+
+    # ---------------------------------------------------------------------------------------------- steps
+    def train_step(self, batch) -> float:
+        model, optimizer = self.model, self.optimizer
+        f0, b0 = nfe(model)
+        tic = time.perf_counter()
+        loss = self.task.loss(batch)
+        if not torch.isfinite(loss):
+            raise SolverFailure(f"non-finite training loss at step {self.step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if self.per_step:
+            self.scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        f1, b1 = nfe(model)
+        value = loss.item()
+        for acc in (self.window, self.totals):
+            acc["time"] += time.perf_counter() - tic
+            acc["loss"] += value
+            acc["steps"] += 1
+            acc["nfe_f"] += f1 - f0
+            acc["nfe_b"] += b1 - b0
+        self.step += 1
+        self.in_epoch += 1
+        return value
+
+    def batches(self):
+        """This epoch's batches from where the run stands: a resumed run replays the epoch's draws up to its step
+        (so every generator is where it was), then gets the global random state of its checkpoint back."""
+        gens = self.task.generators() if hasattr(self.task, "generators") else []
+        if self.skip:
+            for g, s in zip(gens, self.epoch_rng):
+                g.set_state(s)
+            rng = _rng_state()
+            batches = iter(self.task.train_batches(self.epoch))
+            for _ in itertools.islice(batches, self.skip):
+                pass
+            _set_rng_state(rng)
+            self.skip = 0
+            return batches
+        self.epoch_rng = [g.get_state() for g in gens]
+        return iter(self.task.train_batches(self.epoch))
+
+    def train(self, watcher) -> tuple[str, str | None]:
+        """Train to the end of the budget or until stopped: (status, error)."""
+        bar = tqdm(total=self.total, initial=self.step, desc=self.cfg.name, disable=not self.t.progress,
+                   dynamic_ncols=True)
         try:
-            evaluate(final=True)
+            if self.owed and self.step < self.total:   # a finished run given a larger budget: do what a
+                self.owed = False                         # longer run did after this step
+                if self.pre_end:   # its last step ended an epoch: back to just before that, then end it again
+                    self.epoch, self.in_epoch = self.pre_end["epoch"], self.task.steps_per_epoch()
+                    self.load_schedule(self.pre_end["scheduler"])
+                    for group, lr in zip(self.optimizer.param_groups, self.pre_end["lrs"]):
+                        group["lr"] = lr
+                    self.after_step()
+                    self.end_of_epoch()
+                else:
+                    self.after_step()
+            while self.step < self.total:
+                for batch in self.batches():
+                    value = self.train_step(batch)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.3f}")
+                    if watcher.requested:
+                        return self.interrupt(watcher)
+                    if self.step >= self.total:
+                        break
+                    self.after_step()
+                if self.in_epoch == self.task.steps_per_epoch():   # a whole epoch done (not cut by max_steps)
+                    if self.step >= self.total:   # the run's last step: remember what a longer run would see here
+                        self.pre_end = dict(epoch=self.epoch, scheduler=self.schedule_state(),
+                                            lrs=[g["lr"] for g in self.optimizer.param_groups])
+                    self.end_of_epoch()
+            if watcher.requested:
+                return self.interrupt(watcher)
+            return "ok", None
+        except KeyboardInterrupt:
+            kept = f"the last checkpoint is from step {self.last_eval_step}" if self.last_eval_step is not None \
+                else "no checkpoint yet"
+            return "interrupted", f"stopped at once by a second Ctrl-C during step {self.step + 1} ({kept})"
         except FAILURES as exc:
-            status, error = "failed", f"final evaluation: {type(exc).__name__}: {one_line(exc)}"
+            return "failed", f"{type(exc).__name__}: {one_line(exc)}"
+        finally:
+            bar.close()
 
-    summary = dict(last_eval)
-    n = max(totals["steps"], 1)
+    def interrupt(self, watcher) -> tuple[str, str]:
+        self.run.save_checkpoint(self.state(False, self.window))
+        return "interrupted", (f"stopped by {watcher.name} after step {self.step}; checkpoint of that step saved "
+                               f"(continue with: node-run resume={self.run.path})")
+
+
+def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None) -> dict:
+    """Train `task` as `cfg` says into `run` (continuing from the checkpoint `resume`); returns the summary's
+    training fields."""
+    loop = Loop(cfg, task, run, device)
+    if resume is not None:
+        loop.restore(resume)
+    with stop.watch(immediate=False) as watcher:
+        status, error = loop.train(watcher)
+        evaluated = None
+        if status == "ok":
+            try:
+                result = loop.evaluate(final=True)
+                evaluated = "final: the whole test set"
+                if not _finite(result):
+                    status, error = "failed", ("final evaluation is not finite: " + ", ".join(
+                        f"{k}={v}" for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)))
+                loop.last_eval = result
+            except KeyboardInterrupt:
+                status, error = "interrupted", "stopped during the final evaluation"
+            except FAILURES as exc:
+                status, error = "failed", f"final evaluation: {type(exc).__name__}: {one_line(exc)}"
+    summary = dict(loop.last_eval)
+    if evaluated is None and loop.last_eval_step is not None:
+        evaluated = f"intermediate, at step {loop.last_eval_step} (trainer.eval_limit test examples)"
+    n = max(loop.totals["steps"], 1)
     summary.update(
-        status=status, error=error, steps=step, epochs=epoch,
-        nfe_forward=totals["nfe_f"] / n, nfe_backward=totals["nfe_b"] / n, nfe_backward_note=nfe_note(model),
-        sec_per_step=totals["time"] / n,
-        examples_per_sec=totals["steps"] * getattr(task, "batch_size", t.batch_size) / max(totals["time"], 1e-9),
-        wall_time=time.time() - started,
+        status=status, error=error, steps=loop.step, epochs=loop.epoch, evaluation=evaluated,
+        nfe_forward=loop.totals["nfe_f"] / n, nfe_backward=loop.totals["nfe_b"] / n, nfe_backward_note=nfe_note(task.model),
+        sec_per_step=loop.totals["time"] / n,
+        examples_per_sec=loop.totals["steps"] * getattr(task, "batch_size", cfg.trainer.batch_size)
+        / max(loop.totals["time"], 1e-9),
+        wall_time=loop.wall(),
     )
     if status == "ok":
         try:
-            summary.update(measure_memory(task, device))
-        except FAILURES as exc:
-            summary["memory_error"] = f"{type(exc).__name__}: {one_line(exc)}"
-        summary.update(task.finish(run) or {})
+            try:
+                summary.update(measure_memory(task, device))
+            except FAILURES as exc:
+                summary["memory_error"] = f"{type(exc).__name__}: {one_line(exc)}"
+            summary.update(task.finish(run) or {})
+        except KeyboardInterrupt:
+            summary.update(status="interrupted", error="stopped while measuring memory or drawing the figures "
+                                                      "(training and the final evaluation were complete)")
     return summary
 
 

@@ -57,6 +57,9 @@ class FlowTask:
     def steps_per_epoch(self) -> int:
         return self.steps   # fresh samples every step: the whole run is one epoch of trainer.max_steps batches
 
+    def generators(self) -> list:
+        return [self.generator]
+
     def train_batches(self, epoch: int):
         for _ in range(self.steps):
             yield self._draw(self.batch_size, self.generator)
@@ -130,10 +133,12 @@ def check(cfg) -> None:
             positive(m.get("eval_tol"), "model.eval_tol")
     else:
         integer(m.get("depth"), "model.depth", 1)
+        positive(m.get("init_std", 0.1), "model.init_std")
     if d.name == "density":
         choice(d.get("target"), "dataset.target", toy2d.TARGETS)
     else:
         positive(d.get("noise"), "dataset.noise")
+        positive(d.get("factor", 0.5), "dataset.factor")
     positive(d.get("base_std"), "dataset.base_std")
     integer(d.get("test_size"), "dataset.test_size", 1)
     integer(d.get("test_seed"), "dataset.test_seed", 0)

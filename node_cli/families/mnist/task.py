@@ -12,7 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ...core.checks import choice, one_line
+from ...core.checks import boolean, choice, integer, one_line, positive, text
 from ...core.solve import ODEBlock, nfe
 from .data import default_root, load_mnist
 from .models import MODELS, build_mnist_model
@@ -89,6 +89,9 @@ class MnistTask:
     def steps_per_epoch(self) -> int:
         return len(self.train_x) // self.batch_size
 
+    def generators(self) -> list:
+        return [self.generator]
+
     def train_batches(self, epoch: int):
         order = torch.randperm(len(self.train_x), generator=self.generator).to(self.device)
         for i in range(self.steps_per_epoch()):
@@ -127,6 +130,18 @@ class MnistTask:
 
 
 def check(cfg) -> None:
-    choice(cfg.dataset.name, "dataset", ("mnist",))
-    choice(cfg.model.name, "model", MODELS)
-    build_mnist_model(cfg.model, cfg.solver)
+    d, m = cfg.dataset, cfg.model
+    choice(d.name, "dataset", ("mnist",))
+    choice(m.name, "model", MODELS)
+    text(d.root, "dataset.root", allow_none=True)
+    boolean(d.download, "dataset.download")
+    boolean(d.augment, "dataset.augment")
+    for key, low in (("channels", 1), ("blocks", 1), ("hidden", 1)):
+        if key in m:
+            integer(m[key], f"model.{key}", low)
+    if "t1" in m:
+        positive(m.t1, "model.t1")
+    for key in ("fast_rk", "channels_last", "compile"):
+        if key in m:
+            boolean(m[key], f"model.{key}")
+    build_mnist_model(m, cfg.solver)

@@ -41,6 +41,9 @@ class SpiralTask:
         """One pass over the training split: a single iteration at full batch (the default)."""
         return math.ceil(len(self.train) / self.batch_size)
 
+    def generators(self) -> list:
+        return [self.generator]
+
     def train_batches(self, epoch: int):
         if self.batch_size >= len(self.train):
             yield self.train_x, self.train_t

@@ -1,0 +1,80 @@
+"""Stopping a run cleanly: SIGTERM (schedulers' preemption and time limits), SIGINT (Ctrl-C) and the preemption
+signal of a submitit/SLURM job are caught by one `Watcher` per process.
+
+- While a run loads its data and builds its model (`immediate` mode) a signal stops it at once, as a
+  KeyboardInterrupt: the run's summary then says `interrupted`.
+- While it trains, a signal sets `requested`; the loop looks at it after every step, saves a checkpoint of that
+  step and ends the run as `interrupted`. A second Ctrl-C stops at once.
+
+Handlers are installed only in the main thread and put back when the outermost `watch()` ends; a handler that was
+there before (submitit's requeue on its preemption signal) is called then, after the run is saved, so a preempted
+SLURM job is requeued and continues from its checkpoint (cli.py resumes a job folder holding an interrupted run).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+PREEMPT = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
+last_signal: int | None = None   # the signal that stopped the last run (the process's exit status is 128 + it)
+
+
+class Watcher:
+    def __init__(self):
+        self.requested, self.name, self.signum, self.immediate = False, "", None, True
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        global last_signal
+        last_signal = signum
+        if self.immediate or (self.requested and signum == signal.SIGINT):
+            raise KeyboardInterrupt
+        self.requested, self.signum, self.name = True, signum, signal.Signals(signum).name
+        print(f"node-run: {self.name} received: stopping after this step and saving it"
+              + (" (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""), file=sys.stderr, flush=True)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in ("SIGTERM", "SIGINT", PREEMPT):
+            signum = getattr(signal, name, None)
+            if signum is None or signum in self.previous:
+                continue
+            current = signal.getsignal(signum)
+            if name == PREEMPT and not callable(current):
+                continue   # the preemption signal matters only where a job environment (submitit) listens for it
+            self.previous[signum] = current
+            signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        chained = self.previous.get(self.signum)
+        self.previous = {}
+        if self.requested and callable(chained) and chained is not signal.default_int_handler:
+            chained(self.signum, None)   # e.g. submitit: requeue the job, then exit
+
+
+_active: Watcher | None = None
+
+
+@contextlib.contextmanager
+def watch(immediate: bool):
+    """The process's watcher, in `immediate` mode or not for the block (installed by the outermost call)."""
+    global _active
+    outer = _active is None
+    if outer:
+        _active = Watcher()
+        _active.install()
+    watcher, saved = _active, _active.immediate
+    watcher.immediate = immediate
+    try:
+        yield watcher
+    finally:
+        watcher.immediate = saved
+        if outer:
+            _active = None
+            watcher.uninstall()

@@ -1,0 +1,135 @@
+"""`node-run resume=RUN_DIR [trainer.max_steps=N | trainer.epochs=N]`: continue a run in its own folder.
+
+An interrupted run continues from its last checkpoint to the end of its budget; a finished run continues when it is
+given a larger budget. Everything the run was is restored (core/train.py): model, optimizer, lr schedule, counters,
+random generators, running totals, and metrics.jsonl is continued, not restarted. Only the budget may be changed,
+and it is written back into the run's `.hydra/config.yaml`, so the folder keeps saying what the run is.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .core.checks import ConfigError, DataError, integer, one_line
+from .core.rundir import CHECKPOINT, CLAIM, CONFIG, SUMMARY, atomic_write, load_checkpoint, read_summary
+
+BUDGET = ("trainer.max_steps", "trainer.epochs")
+ALLOWED = BUDGET + ("trainer.progress",)
+
+
+def parse(argv: list[str]) -> tuple[Path, dict]:
+    folder, changes = None, {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if key == "resume" and sep:
+            folder = Path(value).expanduser()
+        elif key in BUDGET and sep:
+            changes[key] = _int(key, value)
+        elif key == "trainer.progress" and value in ("true", "false"):
+            changes[key] = value == "true"
+        else:
+            raise ConfigError(f"{arg!r} cannot be combined with resume=: a resumed run stays what its "
+                              f"{CONFIG} says; only {', '.join(ALLOWED)} may change")
+    if folder is None or not str(folder):
+        raise ConfigError("resume= needs a run folder: node-run resume=outputs/NAME/TIME")
+    return folder, changes
+
+
+def _int(key: str, value: str):
+    if value == "null" and key == "trainer.max_steps":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = value
+    integer(number, key, 1)
+    return number
+
+
+def prepare(folder: Path, changes: dict):
+    """The run's config with the new budget, its checkpoint and its resume history (ConfigError if it cannot
+    be continued)."""
+    if not (folder / CONFIG).is_file():
+        raise ConfigError(f"{folder} is not a node-run run folder (no {CONFIG})")
+    ckpt = load_checkpoint(folder / CHECKPOINT)
+    if ckpt.get("format") != 2:
+        raise ConfigError(f"{folder / CHECKPOINT} was written by an older node-run without the training state "
+                          "(random generators, counters): it cannot be continued exactly; start a new run")
+    cfg = OmegaConf.load(folder / CONFIG)
+    if OmegaConf.to_container(cfg) != ckpt["config"]:
+        raise ConfigError(f"{folder / CONFIG} no longer matches the checkpoint's config; it cannot be continued")
+    try:
+        summary = read_summary(folder)
+    except (OSError, ValueError):
+        summary = {}
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value)
+    budget_changed = any(OmegaConf.select(cfg, k) != OmegaConf.select(OmegaConf.create(ckpt["config"]), k)
+                         for k in BUDGET)
+    if budget_changed and cfg.trainer.get("schedule") == "cosine":
+        raise ConfigError("trainer.schedule=cosine plans its lr over the budget the run started with: it can be "
+                          "continued only to that budget (resume= without trainer.max_steps / trainer.epochs)")
+    if ckpt["final"] and not budget_changed:
+        raise ConfigError(f"{folder} finished its budget ({ckpt['step']} steps, status "
+                          f"{summary.get('status', '?')}); give a larger trainer.max_steps or trainer.epochs to "
+                          "continue it")
+    if cfg.trainer.max_steps is not None and cfg.trainer.max_steps <= ckpt["step"]:
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} is not beyond the checkpoint's step "
+                          f"{ckpt['step']}")
+    return cfg, ckpt, summary.get("resumed", [])
+
+
+def lock(folder: Path):
+    """Hold the run's claim marker exclusively while this process runs: one node-run per folder."""
+    fd = os.open(folder / CLAIM, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"{folder} is in use by another node-run") from None
+    return fd
+
+
+def main(argv: list[str]) -> None:
+    from . import cli
+    from .core import stop
+    from .core.checks import validate
+    from .experiment import execute
+    from . import families
+
+    try:
+        folder, changes = parse(argv)
+        cfg, ckpt, history = prepare(folder, changes)
+        validate(cfg)
+        families.check(cfg)
+        held = lock(folder)
+    except (ConfigError, DataError) as exc:
+        print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    if changes:
+        atomic_write(folder / CONFIG, lambda tmp: OmegaConf.save(cfg, tmp))
+    handler = logging.FileHandler(folder / "node-run.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logger = logging.getLogger("node_run")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with stop.watch(immediate=True):
+            summary = execute(cfg, folder, resume=ckpt, history=history)
+        cli.finish(summary, folder)
+    except (ConfigError, DataError) as exc:
+        print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"node-run: interrupted; {folder / SUMMARY} says so", file=sys.stderr)
+        sys.exit(128 + (stop.last_signal or 2))
+    finally:
+        logger.removeHandler(handler)
+        os.close(held)
+    if cli.FAILED:
+        sys.exit(1)
