@@ -16,7 +16,7 @@ from . import families
 from .core.checks import ConfigError, DataError, one_line, validate
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
-from .core.rundir import CHECKPOINT, SUMMARY, claim, holds_run, load_checkpoint, read_summary
+from .core.rundir import CHECKPOINT, CLAIM, SUMMARY, claim, holds_run, load_checkpoint, read_summary
 from .experiment import execute, report_lines
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
@@ -164,6 +164,9 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
         folders = [_resolved(cfg, "hydra.sweep.subdir", i) for i in range(min(len(jobs), MAX_PRECHECK))]
         folders, pin = [sweep / f for f in folders if f is not None], [f"hydra.sweep.dir={sweep}"]
     for folder in folders:
+        if holds_run(folder) and [p.name for p in folder.iterdir()] == [CLAIM]:
+            raise ConfigError(f"{folder} is claimed by another node-run (running now, or stopped before it wrote "
+                              "anything); choose another folder")
         if holds_run(folder):
             raise ConfigError(f"{folder} already holds a run; choose another "
                               f"{'hydra.sweep.dir' if multirun else 'hydra.run.dir'} (node-run never overwrites a "

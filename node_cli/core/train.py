@@ -139,6 +139,7 @@ class Loop:
                     step=self.step, epoch=self.epoch, in_epoch=self.in_epoch, final=final,
                     metrics=self.last_eval, metrics_step=self.last_eval_step, totals=dict(self.totals),
                     window=dict(window), wall_time=self.wall(), rng=_rng_state(), epoch_rng=self.epoch_rng,
+                    generators=[g.get_state() for g in self.generators()],
                     config=OmegaConf.to_container(self.cfg))
 
     def restore(self, ckpt: dict) -> None:
@@ -152,10 +153,15 @@ class Loop:
         self.totals, self.window = dict(ckpt["totals"]), dict(ckpt["window"])
         self.elapsed, self.started = float(ckpt["wall_time"]), time.time()
         self.epoch_rng, self.skip = ckpt["epoch_rng"], self.in_epoch
+        for g, state in zip(self.generators(), ckpt["generators"]):
+            g.set_state(state)
         self.owed = bool(ckpt["final"])
         # metrics lines after the checkpoint (and a finished run's final line) belong to the old ending
         truncate_metrics(self.run.path, self.step, drop_final=True)
         _set_rng_state(ckpt["rng"])
+
+    def generators(self) -> list:
+        return self.task.generators() if hasattr(self.task, "generators") else []
 
     def wall(self) -> float:
         return self.elapsed + time.time() - self.started
@@ -219,7 +225,7 @@ class Loop:
     def batches(self):
         """This epoch's batches from where the run stands: a resumed run replays the epoch's draws up to its step
         (so every generator is where it was), then gets the global random state of its checkpoint back."""
-        gens = self.task.generators() if hasattr(self.task, "generators") else []
+        gens = self.generators()
         if self.skip:
             for g, s in zip(gens, self.epoch_rng):
                 g.set_state(s)
