@@ -246,15 +246,7 @@ class Loop:
         try:
             if self.owed and self.step < self.total:   # a finished run given a larger budget: do what a
                 self.owed = False                         # longer run did after this step
-                if self.pre_end:   # its last step ended an epoch: back to just before that, then end it again
-                    self.epoch, self.in_epoch = self.pre_end["epoch"], self.task.steps_per_epoch()
-                    self.load_schedule(self.pre_end["scheduler"])
-                    for group, lr in zip(self.optimizer.param_groups, self.pre_end["lrs"]):
-                        group["lr"] = lr
-                    self.after_step()
-                    self.end_of_epoch()
-                else:
-                    self.after_step()
+                self.continue_finished()
             while self.step < self.total:
                 for batch in self.batches():
                     value = self.train_step(batch)
@@ -267,7 +259,7 @@ class Loop:
                     self.after_step()
                 if self.in_epoch == self.task.steps_per_epoch():   # a whole epoch done (not cut by max_steps)
                     if self.step >= self.total:   # the run's last step: remember what a longer run would see here
-                        self.pre_end = dict(epoch=self.epoch, scheduler=self.schedule_state(),
+                        self.pre_end = dict(epoch=self.epoch, in_epoch=self.in_epoch, scheduler=self.schedule_state(),
                                             lrs=[g["lr"] for g in self.optimizer.param_groups])
                     self.end_of_epoch()
             if watcher.requested:
@@ -281,6 +273,28 @@ class Loop:
             return "failed", f"{type(exc).__name__}: {one_line(exc)}"
         finally:
             bar.close()
+
+    def continue_finished(self) -> None:
+        """A finished run's last step was followed by its final evaluation; a longer run goes on instead. If that
+        step ended an epoch (still an epoch end in the new budget: flows count the whole run as one epoch), undo
+        the epoch end and redo it as a longer run does, after its evaluation; else just make that evaluation."""
+        import warnings
+
+        if self.pre_end is None:
+            self.after_step()
+            return
+        self.epoch, self.in_epoch = self.pre_end["epoch"], self.pre_end["in_epoch"]
+        self.load_schedule(self.pre_end["scheduler"])
+        for group, lr in zip(self.optimizer.param_groups, self.pre_end["lrs"]):
+            group["lr"] = lr
+        self.pre_end = None
+        self.after_step()
+        if self.in_epoch == self.task.steps_per_epoch():
+            with warnings.catch_warnings():   # the schedule steps before this process's first optimizer step
+                warnings.simplefilter("ignore", UserWarning)
+                self.end_of_epoch()
+        else:
+            self.skip = self.in_epoch
 
     def interrupt(self, watcher) -> tuple[str, str]:
         self.run.save_checkpoint(self.state(False, self.window))
