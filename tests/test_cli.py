@@ -1,0 +1,178 @@
+"""node-run as a user (and a scheduler) drives it: bad keys refused before any folder exists, runs never
+overwritten or shared, SIGTERM saving the step, true messages, a requeued job continuing, untrusted files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import torch
+
+from node_cli.core.rundir import CLAIM, claim
+from node_cli.core.checks import ConfigError
+
+FLOW = ["experiment=nf_moons", "trainer=quick", "model.depth=2", "dataset.test_size=100", "trainer.progress=false"]
+
+
+# ------------------------------------------------------------------------------------- 6: every key is checked
+@pytest.mark.parametrize("args, message", [
+    (["seed=abc"], "seed='abc' is not allowed"),
+    (["seed=1.5"], "seed=1.5 is not allowed"),
+    (["seed=null"], "seed=None is not allowed"),
+    (["seed=123456789012345678901234567890"], "is not allowed: it must be an integer in 0..9223372036854775807"),
+    (["trainer.momentum=abc"], "trainer.momentum='abc' is not allowed"),
+    (["experiment=mnist_resnet", "model.channels=0"], "model.channels=0 is not allowed"),
+    (["solver.rtol=inf"], "solver.rtol=inf is not allowed"),
+    (["solver.atol=inf"], "solver.atol=inf is not allowed"),
+    (["trainer.lr=inf"], "trainer.lr=inf is not allowed"),
+    (["trainer.progress=maybe"], "trainer.progress='maybe' is not allowed: it must be true or false"),
+    (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'"),
+    (["solver.rtl=1e-3"], "(did you mean solver.rtol?)"),
+    (["-m", "hydra/launcher=joblib", "seed=abc,0,1"], "seed='abc' is not allowed"),
+])
+def test_bad_keys_are_one_line_exit_2_and_no_folder(tmp_path, node_run, args, message):
+    out = tmp_path / "never"
+    r = node_run(*args, f"hydra.run.dir={out}", f"hydra.sweep.dir={out}")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_appended_unknown_key_names_the_nearest_known_one(node_run, tmp_path):
+    r = node_run("+solver.rtl=1e-3", f"hydra.run.dir={tmp_path / 'x'}")
+    assert "did you mean solver.rtol?" in r.stderr
+
+
+# -------------------------------------------------------------------------------- 2, 3: runs never overwritten
+def test_a_multirun_into_an_existing_sweep_is_refused_before_any_job(tmp_path, node_run):
+    sweep = tmp_path / "sweep"
+    first = node_run("-m", *FLOW, "trainer.max_steps=2", "model.depth=2,3", f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 0, first.stderr
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    again = node_run("-m", *FLOW, "trainer.max_steps=2", "model.depth=2,3", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 2 and "already holds a run" in again.stderr and f"{sweep}/0" in again.stderr
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+
+
+def test_a_folder_claimed_by_another_node_run_is_refused(tmp_path, node_run):
+    folder = tmp_path / "run"
+    claim(folder)                                         # as a node-run started a moment earlier would
+    with pytest.raises(ConfigError, match="already claimed"):
+        claim(folder)                                     # O_EXCL: only one claim can succeed
+    r = node_run(*FLOW, "trainer.max_steps=2", f"hydra.run.dir={folder}")
+    assert r.returncode == 2 and "claimed by another node-run" in r.stderr
+    assert [p.name for p in folder.iterdir()] == [CLAIM]  # nothing written into it
+
+
+# ------------------------------------------------------------------------------------------ 4: SIGTERM, requeue
+def _start(args, cwd=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "node_cli.cli", *args], cwd=cwd or tempfile.gettempdir(), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _terminate_after_first_evaluation(proc, folder, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metrics = folder / "metrics.jsonl"
+        if metrics.is_file() and metrics.read_text().strip():
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+SPIRALS = ["experiment=spiral_latent_ode", "trainer=quick", "dataset.n_spirals=60", "trainer.batch_size=16",
+           "trainer.max_steps=400", "trainer.eval_every=2", "trainer.progress=false"]
+
+
+def test_sigterm_saves_the_current_step_and_a_requeued_job_continues_it(tmp_path, node_run):
+    folder = tmp_path / "run"
+    code, err = _terminate_after_first_evaluation(_start([*SPIRALS, f"hydra.run.dir={folder}"]), folder)
+    assert code == 128 + signal.SIGTERM, err
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"], summary
+    ckpt = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == summary["steps"] >= 2 and ckpt["format"] == 2
+    assert f"{folder / 'summary.json'} says so" in err
+    # the command line refuses the folder ...
+    again = node_run(*SPIRALS, f"hydra.run.dir={folder}")
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "resume=" in again.stderr
+    # ... while the job itself, started again as submitit requeues it (same config, same folder, no pre-check),
+    # continues from the checkpoint to the end of its budget
+    requeue = (f"import sys; sys.argv = ['node-run', *{[*SPIRALS, f'hydra.run.dir={folder}']!r}]; "
+               "from node_cli.cli import run; run()")
+    r = subprocess.run([sys.executable, "-c", requeue], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tempfile.gettempdir())
+    assert r.returncode == 0, r.stderr
+    assert f"continuing from step {ckpt['step']}" in r.stderr
+    done = json.loads((folder / "summary.json").read_text())
+    assert done["status"] == "ok" and done["steps"] == 400 and done["resumed"][0]["from_step"] == ckpt["step"]
+    steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 400   # continued, not restarted or duplicated
+
+
+# ------------------------------------------------------------------------------------------ 5: true messages
+def test_a_run_that_fails_before_its_first_evaluation_says_no_checkpoint_yet(tmp_path, node_run, fake_mnist):
+    folder = tmp_path / "run"
+    r = node_run("experiment=mnist_odenet", "trainer=quick", "trainer.max_steps=4", "solver.max_num_steps=1",
+                 "trainer.progress=false", f"dataset.root={fake_mnist}", "dataset.download=false",
+                 f"hydra.run.dir={folder}")
+    assert r.returncode == 1 and "no checkpoint yet" in r.stderr and "last good checkpoint kept" not in r.stderr
+    assert not (folder / "checkpoint.pt").exists()
+
+
+def test_a_signal_while_the_data_load_writes_the_summary(tmp_path, monkeypatch):
+    from node_cli import families
+    from node_cli.experiment import configure, execute
+
+    cfg = configure([*FLOW, "trainer.max_steps=2"])
+
+    def interrupted_build(cfg, device):
+        raise KeyboardInterrupt   # what the watcher raises for a signal before training starts
+
+    monkeypatch.setattr(families, "build", interrupted_build)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "before the first training step" in summary["error"]
+
+
+# ----------------------------------------------------------------------- 1: untrusted checkpoints never run code
+class Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_tolsweep_never_executes_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"model": Payload(str(marker)), "config": {}}, run / "checkpoint.pt")
+    r = subprocess.run([sys.executable, "-c", "from node_cli.report.cli import main; main()", "tolsweep", str(run)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and not marker.exists()
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "cannot read" in r.stderr and "as a node-run checkpoint" in r.stderr
+
+
+# --------------------------------------------------------------------------------------- provenance and logs
+def test_summary_and_log_say_what_ran_where(tmp_path, node_run):
+    folder = tmp_path / "run"
+    r = node_run(*FLOW, "trainer.max_steps=2", "trainer.eval_every=1", "deterministic=true",
+                 f"hydra.run.dir={folder}")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((folder / "summary.json").read_text())
+    assert s["versions"]["torch"] == torch.__version__ and s["versions"]["torchdiffeq"].startswith("0.2")
+    assert s["host"] and s["threads"] == 1 and "nf_moons" in s["command"] and s["started"] <= s["finished"]
+    assert s["evaluation"] == "final: the whole test set"
+    log = (folder / "node-run.log").read_text()
+    assert "name: nf_moons" in log and "evaluation at step 1" in log and "evaluation at step 2 (final)" in log
+    assert "status ok after 2 steps" in log
