@@ -1,19 +1,37 @@
 """Every config composes with Hydra's compose API and passes validation; bad choices are refused."""
 from importlib import resources
+from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
-from node_cli.cli import options
-from node_cli.config import ConfigError, validate
-from node_cli.tasks import check_task
+from node_cli import families
+from node_cli.core.checks import ConfigError, validate
+from node_cli.core.compose import options
 
 EXPERIMENTS = options("experiment")
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-def _compose(overrides):
-    with initialize_config_module(config_module="node_cli.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
+def load_option(group, name):
+    """A group option as its YAML files say, read with OmegaConf alone (its `defaults` merged in order, `_self_`
+    where it is listed, else last): what Hydra's composition of `group=name` must give."""
+    node = OmegaConf.load(CONF / group / f"{name}.yaml")
+    defaults = list(node.pop("defaults", []))
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    return OmegaConf.merge(*[node if d == "_self_" else load_option(group, d) for d in defaults])
+
+
+def experiments_naming(group, option):
+    """The experiment files that pick `option` for `group` (`override /group: option` in their defaults)."""
+    out = []
+    for e in EXPERIMENTS:
+        for d in OmegaConf.load(CONF / "experiment" / f"{e}.yaml").get("defaults", []):
+            if isinstance(d, dict) or OmegaConf.is_dict(d):
+                if dict(d).get(f"override /{group}") == option:
+                    out.append(e)
+    return out
 
 
 def test_conf_ships_with_package():
@@ -23,40 +41,62 @@ def test_conf_ships_with_package():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("trainer", [None, "quick"])
-def test_every_experiment_composes(experiment, trainer):
-    cfg = _compose([f"experiment={experiment}"] + ([f"trainer={trainer}"] if trainer else []))
+def test_every_experiment_composes(compose, experiment, trainer):
+    cfg = compose([f"experiment={experiment}"] + ([f"trainer={trainer}"] if trainer else []))
     assert cfg.name == experiment
     validate(cfg)
-    check_task(cfg)
+    families.check(cfg)
     if trainer == "quick":
         assert cfg.trainer.max_steps == 200          # the quick budget replaces the full one...
     else:
         assert cfg.trainer.max_steps is None or cfg.trainer.max_steps > 200
 
 
-def test_quick_keeps_the_experiment_optimizer():
-    full, quick = _compose(["experiment=mnist_odenet"]), _compose(["experiment=mnist_odenet", "trainer=quick"])
+def test_quick_keeps_the_experiment_optimizer(compose):
+    full, quick = compose("experiment=mnist_odenet"), compose("experiment=mnist_odenet", "trainer=quick")
     assert full.trainer.epochs == 160 and list(full.trainer.milestones) == [60, 100, 140]
     assert quick.trainer.lr_batch_denom == full.trainer.lr_batch_denom == 128
     assert quick.model == full.model and quick.solver == full.solver
     for experiment in ("density_cnf", "density_nf"):     # the lr decay lives with the optimizer keys
-        full, quick = _compose([f"experiment={experiment}"]), _compose([f"experiment={experiment}", "trainer=quick"])
+        full, quick = compose(f"experiment={experiment}"), compose(f"experiment={experiment}", "trainer=quick")
         assert full.trainer.schedule == quick.trainer.schedule == "cosine"
         assert full.trainer.lr == quick.trainer.lr and full.trainer.max_steps == 4000
 
 
 @pytest.mark.parametrize("group", ["model", "solver", "dataset", "trainer"])
-def test_every_group_option_composes(group):
+def test_every_group_option_composes(compose, group):
     for option in options(group):
-        cfg = _compose([f"{group}={option}"])
-        assert cfg[group] is not None
+        # alone (config.yaml's defaults for the rest): the composed group is exactly its YAML files' content
+        cfg = compose(f"{group}={option}")
+        assert OmegaConf.to_container(cfg[group]) == OmegaConf.to_container(load_option(group, option)), option
+        # with the experiments that pick it (every one of them must accept it), or, if none does, with every
+        # experiment: then at least one family must accept it
+        naming = experiments_naming(group, option)
+        accepted = []
+        for experiment in naming or EXPERIMENTS:
+            cfg = compose(f"experiment={experiment}", f"{group}={option}")
+            try:
+                validate(cfg)
+                families.check(cfg)
+            except ConfigError as exc:
+                assert not naming, f"{experiment} picks {group}={option} but its family refuses it: {exc}"
+                continue
+            accepted.append(experiment)
+            if group in ("model", "dataset"):
+                assert cfg[group].name == load_option(group, option).name
+        assert accepted, f"{group}={option}: no experiment's family accepts it"
 
 
-def test_rknet_is_odenet_without_adjoint():
-    cfg = _compose(["experiment=mnist_rknet"])
+def test_every_model_and_dataset_option_is_picked_by_some_experiment():
+    for group in ("model", "dataset"):
+        assert all(experiments_naming(group, option) for option in options(group)), group
+
+
+def test_rknet_is_odenet_without_adjoint(compose):
+    cfg = compose("experiment=mnist_rknet")
     assert cfg.model.name == "rknet" and cfg.solver.adjoint is False
     with pytest.raises(ConfigError, match="solver.adjoint=false"):
-        check_task(_compose(["experiment=mnist_rknet", "solver.adjoint=true"]))
+        families.check(compose("experiment=mnist_rknet", "solver.adjoint=true"))
 
 
 @pytest.mark.parametrize("override, message", [
@@ -72,17 +112,16 @@ def test_rknet_is_odenet_without_adjoint():
     ("dataset.limit=-5", "dataset.limit"),
     ("device=tpu", "device"),
 ])
-def test_bad_values_are_refused_in_one_line(override, message):
+def test_bad_values_are_refused_in_one_line(compose, override, message):
     with pytest.raises(ConfigError) as err:
-        validate(_compose(override.split()))
+        validate(compose(override.split()))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_every_conf_folder_ships_in_a_non_editable_install():
     import tomllib
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = CONF.parent
     packages = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {"node_cli.conf." + ".".join(p.relative_to(root / "conf").parts)
                for p in (root / "conf").rglob("*") if p.is_dir() and p.name != "__pycache__"}

@@ -1,16 +1,15 @@
 """The ODE block: adjoint gradients against backprop and finite differences; NFE against what the solver did."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from node_cli.solver import ODEBlock, nfe
+from node_cli.core.solve import ODEBlock, nfe
 
 
-def solver(**kw):
-    base = dict(method="dopri5", rtol=1e-7, atol=1e-9, adjoint=True, adjoint_norm="default", step_size=None,
-                max_num_steps=None)
-    return OmegaConf.create({**base, **kw})
+@pytest.fixture
+def solver(solver_cfg):
+    """This file's solver: tight dopri5 with the adjoint, `kw` on top."""
+    return lambda **kw: solver_cfg(**{"rtol": 1e-7, "atol": 1e-9, "adjoint": True, **kw})
 
 
 class Field(nn.Module):
@@ -34,7 +33,7 @@ def grads(block, y0):
     return [y0.grad] + [p.grad.clone() for p in block.parameters()]
 
 
-def test_adjoint_gradient_matches_backprop_and_finite_differences():
+def test_adjoint_gradient_matches_backprop_and_finite_differences(solver):
     field = Field()
     y0 = torch.tensor([[0.3, -0.5, 0.8]], dtype=torch.float64)
     adjoint = ODEBlock(field, solver(adjoint=True))
@@ -61,7 +60,7 @@ def test_adjoint_gradient_matches_backprop_and_finite_differences():
         assert g_adj[0][0, k].item() == pytest.approx(fd, rel=1e-4, abs=1e-8)
 
 
-def test_seminorm_adjoint_gives_the_same_gradient_with_no_more_backward_evaluations():
+def test_seminorm_adjoint_gives_the_same_gradient_with_no_more_backward_evaluations(solver):
     field = Field()
     y0 = torch.tensor([[0.3, -0.5, 0.8]], dtype=torch.float64)
     full, semi = ODEBlock(field, solver(rtol=1e-6, atol=1e-8)), ODEBlock(field, solver(rtol=1e-6, atol=1e-8,
@@ -72,7 +71,7 @@ def test_seminorm_adjoint_gives_the_same_gradient_with_no_more_backward_evaluati
 
 
 @pytest.mark.parametrize("adjoint", [True, False])
-def test_nfe_counts_agree_with_the_calls_the_solver_made(adjoint):
+def test_nfe_counts_agree_with_the_calls_the_solver_made(solver, adjoint):
     field = Field()
     block = ODEBlock(field, solver(rtol=1e-5, atol=1e-7, adjoint=adjoint))
     y0 = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
@@ -91,14 +90,14 @@ def test_nfe_counts_agree_with_the_calls_the_solver_made(adjoint):
     assert nfe(model) == (block.nfe_forward, block.nfe_backward)
 
 
-def test_fixed_grid_nfe_is_stages_times_steps():
+def test_fixed_grid_nfe_is_stages_times_steps(solver):
     field = Field()
     block = ODEBlock(field, solver(method="rk4", step_size=0.25, adjoint=False))
     block(torch.randn(2, 3, dtype=torch.float64))
     assert block.nfe_forward == field.outside == 4 * 4
 
 
-def test_tolerance_applies_inside_the_block_only():
+def test_tolerance_applies_inside_the_block_only(solver):
     block = ODEBlock(Field(), solver(rtol=1e-3, atol=1e-3, adjoint=False), t1=3.0)
     y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     loose = block(y0)
@@ -112,24 +111,50 @@ def test_tolerance_applies_inside_the_block_only():
     assert torch.equal(again, loose) and not torch.equal(tight, loose)
 
 
-def test_trajectory_output_and_tuple_states():
-    field = Field()
-    block = ODEBlock(field, solver(adjoint=False))
-    t = torch.linspace(0, 1, 5, dtype=torch.float64)
-    y0 = torch.randn(2, 3, dtype=torch.float64)
-    traj = block(y0, t)
-    assert traj.shape == (5, 2, 3)
-    torch.testing.assert_close(traj[-1], block(y0))
-    torch.testing.assert_close(traj[0], y0)
+class LinearField(nn.Module):
+    """dy/dt = A y (a rotation with decay): y(t) = expm(t A) y0 in closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.A = nn.Parameter(torch.tensor([[-0.3, 2.0, 0.0], [-2.0, -0.3, 0.5], [0.0, -0.5, -1.0]],
+                                           dtype=torch.float64))
+
+    def forward(self, t, y):
+        return y @ self.A.T
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_trajectory_output_and_tuple_states(solver, adjoint):
+    block = ODEBlock(LinearField(), solver(adjoint=adjoint), t1=2.0)
+    t = torch.tensor([0.0, 0.3, 0.9, 1.4, 2.0], dtype=torch.float64)      # uneven interior times
+    y0 = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        traj = block(y0, t)
+        exact = torch.stack([y0 @ torch.linalg.matrix_exp(ti * block.field.field.A).T for ti in t])
+        assert traj.shape == (5, 2, 3)
+        torch.testing.assert_close(traj, exact, rtol=1e-6, atol=1e-8)     # every time, not only the ends
+        assert (exact[1:] - y0).abs().min() > 1e-2                       # the state really moves between times
+        torch.testing.assert_close(traj[-1], block(y0), rtol=1e-6, atol=1e-8)
+        # a tuple state: each component comes back as its own trajectory, in closed form at every time
+        pair = ODEBlock(PairField(), solver(adjoint=adjoint))
+        l0 = torch.full((2, 1), 0.5, dtype=torch.float64)
+        ys, ls = pair((y0, l0), t)
+        assert ys.shape == (5, 2, 3) and ls.shape == (5, 2, 1)
+        torch.testing.assert_close(ys, y0 * torch.exp(-t)[:, None, None], rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(ls, (0.5 - 2 * t)[:, None, None].expand(5, 2, 1), rtol=1e-6, atol=1e-8)
 
 
 class PairField(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))   # odeint_adjoint wants a module with parameters
+
     def forward(self, t, state):
         y, logp = state
         return -y, -y.sum(1, keepdim=True) * 0 - 2.0   # dy/dt = -y, dlogp/dt = -2 (trace of -I in 2-D)
 
 
-def test_tuple_state_is_solved_and_returned_as_a_tuple():
+def test_tuple_state_is_solved_and_returned_as_a_tuple(solver):
     block = ODEBlock(PairField(), solver(adjoint=False))
     y0, l0 = torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64)
     y1, l1 = block((y0, l0))

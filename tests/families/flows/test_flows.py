@@ -7,24 +7,25 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from node_cli import toy2d
 from node_cli.cli import main, precheck
-from node_cli.config import ConfigError
-from node_cli.flows import CNF, PlanarField, PlanarLayer, PlanarNF, log_normal, pull, push
-
-from conftest import node_run
-
-
-def solver(**kw):
-    base = dict(method="dopri5", rtol=1e-7, atol=1e-7, adjoint=False, adjoint_norm="default", step_size=None,
-                max_num_steps=None)
-    return OmegaConf.create({**base, **kw})
+from node_cli.core.checks import ConfigError
+from node_cli.families.flows import data as toy2d
+from node_cli.families.flows.models import FRACTIONS, CNF, PlanarField, PlanarLayer, PlanarNF, log_normal, pull, push
 
 
-def random_cnf(dtype=torch.float64, **kw):
-    """A small CNF whose flow is far from the identity (hypernetwork output weights scaled up)."""
+@pytest.fixture
+def random_cnf(solver_cfg):
+    """A maker of small CNFs whose flow is far from the identity (hypernetwork output weights scaled up), solved by
+    dopri5 without the adjoint at rtol = atol = 1e-7 unless `kw` says otherwise."""
+    def make(dtype=torch.float64, **kw):
+        return _random_cnf(solver_cfg(**{"rtol": 1e-7, "atol": 1e-7, "adjoint": False, **kw}), dtype)
+
+    return make
+
+
+def _random_cnf(solver, dtype):
     torch.manual_seed(0)
-    cnf = CNF(width=4, hidden=8, t1=1.0, base_std=1.0, solver_cfg=solver(**kw)).to(dtype)
+    cnf = CNF(width=4, hidden=8, t1=1.0, base_std=1.0, solver_cfg=solver).to(dtype)
     with torch.no_grad():
         cnf.block.field.field.hyper.net[-1].weight.mul_(8.0)
         cnf.block.field.field.hyper.net[-1].bias.normal_(0, 1.5)
@@ -50,7 +51,7 @@ def test_closed_form_trace_matches_autograd():
     torch.testing.assert_close(-neg_trace[:, 0], exact)
 
 
-def test_cnf_density_integrates_to_one():
+def test_cnf_density_integrates_to_one(random_cnf):
     cnf = random_cnf(dtype=torch.float32, rtol=1e-5, atol=1e-5)
     axis = torch.linspace(-7, 7, 141)
     xx, yy = torch.meshgrid(axis, axis, indexing="xy")
@@ -63,7 +64,7 @@ def test_cnf_density_integrates_to_one():
     assert (log_p.exp() - log_normal(grid, 1.0).exp()).abs().max().item() > 0.05
 
 
-def test_cnf_log_density_matches_jacobian_determinant():
+def test_cnf_log_density_matches_jacobian_determinant(random_cnf):
     cnf = random_cnf()
 
     def to_base(x):   # the solved map from data (t1) back to the base (t0)
@@ -79,28 +80,61 @@ def test_cnf_log_density_matches_jacobian_determinant():
         assert (cnf.log_prob(POINTS) - log_normal(to_base(POINTS), 1.0)).abs().max().item() > 0.1
 
 
+def newton_preimage(f, x, iters=100):
+    """The z with f(z) = x, by damped Newton steps on the residual with autograd Jacobians: a generic root-finder,
+    independent of any inverse the model has; started from x itself."""
+    z = x.clone()
+    res = f(z) - x
+    for _ in range(iters):
+        if res.abs().max() < 1e-13:
+            break
+        step = torch.linalg.solve(torch.autograd.functional.jacobian(f, z), res)
+        lam = 1.0
+        while lam > 1e-6:
+            trial = z - lam * step
+            trial_res = f(trial) - x
+            if trial_res.norm() < res.norm():
+                break
+            lam /= 2
+        z, res = trial, trial_res
+    assert res.abs().max() < 1e-12, f"Newton did not converge: residual {res.abs().max().item():.2e}"
+    return z
+
+
 @pytest.mark.parametrize("generative", [True, False])
 def test_nf_log_density_matches_jacobian_determinant(generative):
     nf = random_nf(generative)
+    forward = lambda p: push(nf.layers, p[None])[0][0]   # noqa: E731 - the layers in their forward direction
     for x in POINTS:
-        if generative:   # log q(x) = log N(z) - log|det d push/dz| at z = push^-1(x)
-            z = pull(nf.layers, x[None])[0][0]
-            jac = torch.autograd.functional.jacobian(lambda p: push(nf.layers, p[None])[0][0], z)
+        if generative:   # log q(x) = log N(z) - log|det d push/dz| at the z with push(z) = x, found by Newton
+            z = newton_preimage(forward, x)
+            torch.testing.assert_close(forward(z), x, rtol=0, atol=1e-12)
+            assert (z - x).abs().max() > 0.1                       # the flow moves this point: a real inverse
+            jac = torch.autograd.functional.jacobian(forward, z)
             brute = log_normal(z[None], 1.0) - torch.linalg.det(jac).abs().log()
         else:            # log p(x) = log N(push(x)) + log|det d push/dx|
-            jac = torch.autograd.functional.jacobian(lambda p: push(nf.layers, p[None])[0][0], x)
+            jac = torch.autograd.functional.jacobian(forward, x)
             brute = log_normal(push(nf.layers, x[None])[0], 1.0) + torch.linalg.det(jac).abs().log()
         assert nf.log_prob(x[None]).item() == pytest.approx(brute.item(), abs=1e-6)
 
 
-def test_cnf_density_at_intermediate_times_is_normalised_and_starts_at_the_base():
+def test_cnf_density_at_intermediate_times_is_normalised_and_starts_at_the_base(random_cnf):
     cnf = random_cnf(dtype=torch.float32, rtol=1e-5, atol=1e-5)
-    grid = torch.stack(torch.meshgrid(torch.linspace(-6, 6, 41), torch.linspace(-6, 6, 41), indexing="xy"), -1)
-    grid = grid.reshape(-1, 2)
-    z0 = torch.randn(300, 2)
+    axis = torch.linspace(-6, 6, 241)                               # fine enough for the peaked late stages
+    cell = (axis[1] - axis[0]).item() ** 2
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)
+    z0 = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0))
     stages = cnf.stages(z0, grid)
+    assert len(stages) == len(FRACTIONS)
     torch.testing.assert_close(stages[0][0], z0)
     torch.testing.assert_close(stages[0][1], log_normal(grid, 1.0))
+    for f, (x, log_p) in zip(FRACTIONS, stages):
+        density = log_p.exp()
+        assert density.sum().item() * cell == pytest.approx(1.0, abs=0.01), f"mass at fraction {f}"
+        # the density is that of the samples pushed to the same time: the grid's mean is theirs (MC error ~0.015)
+        torch.testing.assert_close((density[:, None] * grid).sum(0) * cell, x.mean(0), rtol=0, atol=0.05)
+    # the stages really differ: the flow moves mass between the base and the end
+    assert all((b[1].exp() - a[1].exp()).abs().max() > 0.1 for a, b in zip(stages, stages[1:]))
     with torch.no_grad():
         torch.testing.assert_close(stages[-1][0], cnf.sample(z0)[0], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(stages[-1][1], cnf.log_prob(grid), rtol=1e-4, atol=1e-4)
@@ -143,7 +177,7 @@ def test_nf_stays_invertible_after_aggressive_training():
 
 
 # ------------------------------------------------------------------------------------------ round trips
-def test_cnf_sample_then_log_density_round_trip():
+def test_cnf_sample_then_log_density_round_trip(random_cnf):
     cnf = random_cnf(dtype=torch.float32, rtol=1e-6, atol=1e-6)
     z0 = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -162,7 +196,7 @@ def test_nf_sample_then_log_density_round_trip(generative):
         torch.testing.assert_close(nf.log_prob(x), log_q, rtol=1e-7, atol=1e-7)
 
 
-def test_cnf_adjoint_gradient_matches_backprop():
+def test_cnf_adjoint_gradient_matches_backprop(random_cnf):
     x = toy2d.circles(64, torch.Generator().manual_seed(0)).double()
     grads = []
     for adjoint_norm, adjoint in [("default", False), ("default", True), ("seminorm", True)]:
@@ -213,7 +247,7 @@ def test_bad_input_is_one_clear_error(args, message):
         precheck(args)
 
 
-def test_bad_input_from_the_command_line_exits_non_zero(tmp_path):
+def test_bad_input_from_the_command_line_exits_non_zero(node_run, tmp_path):
     out = node_run("experiment=density_nf", "dataset.target=banana", f"hydra.run.dir={tmp_path}/r")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
@@ -234,7 +268,7 @@ TINY = ["trainer.max_steps=3", "trainer.eval_every=2", "trainer.eval_limit=50", 
     ("density_cnf", ["model.width=4", "dataset.target=u3", "model.eval_tol=1e-3"], "test_kl"),
     ("density_nf", ["model.depth=4", "dataset.target=u4"], "test_kl"),
 ])
-def test_tiny_run_writes_its_files_and_figures(tmp_path, experiment, extra, metric):
+def test_tiny_run_writes_its_files_and_figures(tmp_path, assert_png, experiment, extra, metric):
     out = tmp_path / "run"
     main([f"experiment={experiment}", *TINY, *extra, f"hydra.run.dir={out}"])
     s = json.loads((out / "summary.json").read_text())
@@ -242,7 +276,7 @@ def test_tiny_run_writes_its_files_and_figures(tmp_path, experiment, extra, metr
     assert math.isfinite(s[metric]) and s["test_examples"] == 100
     assert sorted(s["figures"]) == ["density.png", "flow.png"]
     for name in s["figures"]:
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert_png(out / name, min_height=200, min_width=400)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 3] and rows[-1]["final"]
     cfg = OmegaConf.load(out / ".hydra" / "config.yaml")

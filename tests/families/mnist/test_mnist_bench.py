@@ -1,5 +1,6 @@
 """Every speed-up of node-run's MNIST step computes the same thing: same loss and gradients (float64, so rounding
-differences stay far below the tolerances) and the same NFE as the plain version; `node-bench` writes its tables."""
+differences stay far below the tolerances) and the same NFE as the plain version and the reference example;
+`node-bench step | memory` write their tables."""
 import csv
 import warnings
 
@@ -7,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from torch import nn
 
-from node_cli import bench
-from node_cli.models import ConcatConv2d, ConvField, build_mnist_model
-from node_cli.reference import build_reference_model, copy_weights
-from node_cli.solver import FAST_RK, ODEBlock, nfe
+from node_cli.bench.cli import main as node_bench
+from node_cli.core.solve import nfe
+from node_cli.families.mnist.models import ConvField, build_mnist_model
+from node_cli.families.mnist.reference import build_reference_model, copy_weights
+from node_cli.families.mnist.task import MnistTask, compile_field
 
 
 @pytest.fixture(autouse=True)
@@ -24,15 +25,15 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def solver(**kw):
-    base = dict(method="dopri5", rtol=1e-3, atol=1e-3, adjoint=True, adjoint_norm="default", step_size=None,
-                max_num_steps=None)
-    return OmegaConf.create(base | kw)
+@pytest.fixture
+def mnist_model(solver_cfg):
+    """A maker of small float64 MNIST models (8 channels, 2 ResNet blocks), dopri5 1e-3 with the adjoint unless
+    `solver_kw` says otherwise."""
+    def make(name="odenet", channels=8, fast_rk=False, **solver_kw):
+        m = OmegaConf.create(dict(name=name, channels=channels, t1=1.0, blocks=2, fast_rk=fast_rk))
+        return build_mnist_model(m, solver_cfg(**solver_kw)).double()
 
-
-def mnist_model(name="odenet", channels=8, fast_rk=False, **solver_kw):
-    m = OmegaConf.create(dict(name=name, channels=channels, t1=1.0, blocks=2, fast_rk=fast_rk))
-    return build_mnist_model(m, solver(**solver_kw)).double()
+    return make
 
 
 def loss_grads_nfe(model, x, y):
@@ -57,7 +58,7 @@ def assert_same(a, b, rtol=1e-7):
 
 
 @pytest.mark.parametrize("adjoint, tol", [(True, 1e-3), (True, 1e-5), (False, 1e-3)])
-def test_fast_rk_step_gives_the_same_loss_gradients_and_nfe(adjoint, tol):
+def test_fast_rk_step_gives_the_same_loss_gradients_and_nfe(mnist_model, adjoint, tol):
     torch.manual_seed(0)
     plain = mnist_model(adjoint=adjoint, rtol=tol, atol=tol)
     fast = mnist_model(fast_rk=True, adjoint=adjoint, rtol=tol, atol=tol)
@@ -68,54 +69,8 @@ def test_fast_rk_step_gives_the_same_loss_gradients_and_nfe(adjoint, tol):
     assert_same(a, b)
 
 
-class Spiral(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(1)
-        self.lin = nn.Linear(3, 3).double()
-
-    def forward(self, t, y):
-        return torch.tanh(self.lin(y)) * torch.cos(t)
-
-
-@pytest.mark.parametrize("method", sorted(FAST_RK))
-def test_fast_rk_matches_every_adaptive_runge_kutta_method(method):
-    field = Spiral()
-    y0 = torch.tensor([[0.3, -0.5, 0.8], [1.0, 0.2, -0.1]], dtype=torch.float64)
-    t = torch.linspace(0, 2, 5, dtype=torch.float64)
-    out = []
-    for fast in (False, True):
-        block = ODEBlock(field, solver(method=method, rtol=1e-6, atol=1e-8, adjoint=False), fast_rk=fast)
-        y = y0.clone().requires_grad_(True)
-        traj = block(y, t)                    # interior output times: the dense output is used
-        traj.pow(2).sum().backward()
-        out.append((traj.detach(), y.grad, block.nfe_forward))
-    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-10, atol=1e-12)
-    assert out[0][2] == out[1][2] > 0
-
-
-def test_fast_rk_leaves_fixed_grid_methods_alone():
-    block = ODEBlock(Spiral(), solver(method="rk4", step_size=0.25, adjoint=False), fast_rk=True)
-    assert block.kwargs["method"] == "rk4"
-    assert ODEBlock(Spiral(), solver(), fast_rk=True).kwargs["method"] == FAST_RK["dopri5"] != "dopri5"
-
-
-def test_concat_conv_is_the_convolution_of_the_concatenated_time_channel():
-    torch.manual_seed(0)
-    conv = ConcatConv2d(5, 7).double()
-    x = torch.randn(3, 5, 6, 6, dtype=torch.float64, requires_grad=True)
-    t = torch.tensor(0.37, dtype=torch.float64, requires_grad=True)
-    wanted = conv.conv(torch.cat([torch.ones_like(x[:, :1]) * t, x], 1))
-    got = conv(t, x)
-    torch.testing.assert_close(got, wanted, rtol=1e-12, atol=1e-12)
-    inputs = (x, t, conv.conv.weight, conv.conv.bias)
-    for a, b in zip(torch.autograd.grad(got.pow(2).sum(), inputs), torch.autograd.grad(wanted.pow(2).sum(), inputs)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
 @pytest.mark.parametrize("name, adjoint", [("odenet", True), ("rknet", False), ("resnet", False)])
-def test_node_run_model_equals_the_reference_example_on_the_same_batch(name, adjoint):
+def test_node_run_model_equals_the_reference_example_on_the_same_batch(mnist_model, name, adjoint):
     torch.manual_seed(0)
     node = mnist_model(name, fast_rk=True, adjoint=adjoint)
     ref, _ = build_reference_model("odenet" if name != "resnet" else "resnet", tol=1e-3, adjoint=adjoint, blocks=2,
@@ -135,8 +90,6 @@ def test_node_run_model_equals_the_reference_example_on_the_same_batch(name, adj
 
 
 def test_compile_falls_back_to_eager_when_unsupported(monkeypatch):
-    from node_cli.classify import compile_field
-
     def broken_compile(fn, **kw):
         def run(*a, **k):
             raise RuntimeError("no C++ compiler here")
@@ -158,12 +111,10 @@ def test_compile_falls_back_to_eager_when_unsupported(monkeypatch):
     assert [k for k in field.state_dict()] == [k for k in ConvField(8).state_dict()]
 
 
-def test_channels_last_task_gives_the_same_loss_and_gradients(fake_mnist):
-    from node_cli.classify import MnistTask
-
+def test_channels_last_task_gives_the_same_loss_and_gradients(compose, fake_mnist):
     out = []
     for cl in (False, True):
-        cfg = bench.compose(["experiment=mnist_odenet", f"dataset.root={fake_mnist}", "dataset.download=false",
+        cfg = compose(["experiment=mnist_odenet", f"dataset.root={fake_mnist}", "dataset.download=false",
                              "model.channels=8", f"model.channels_last={str(cl).lower()}", "trainer.batch_size=8"])
         torch.manual_seed(0)
         task = MnistTask(cfg, torch.device("cpu"))
@@ -173,26 +124,9 @@ def test_channels_last_task_gives_the_same_loss_and_gradients(fake_mnist):
     assert_same(*out, rtol=1e-6)
 
 
-def test_step_clock_splits_the_step_and_leaves_the_gradients_alone():
-    torch.manual_seed(0)
-    model = mnist_model(fast_rk=True)
-    x, y = batch()
-    plain = loss_grads_nfe(model, x, y)
-    block = [m for m in model.modules() if isinstance(m, ODEBlock)][0]
-    clock = bench.StepClock(torch.device("cpu"))
-    clock.attach([block.field.field], [block])
-    tic = clock.now()
-    timed = loss_grads_nfe(model, x, y)
-    total = clock.now() - tic
-    clock.detach()
-    assert_same((plain[0], plain[1], (0, 0)), (timed[0], timed[1], (0, 0)))
-    assert 0 < clock.field < clock.ode < total
-    assert not block._forward_hooks and not block._forward_pre_hooks
-
-
-def test_node_bench_writes_its_tables(tmp_path, fake_mnist):
+def test_node_bench_writes_its_tables(tmp_path, fake_mnist, assert_png):
     out = tmp_path / "bench"
-    code = bench.main(["all", "--models", "odenet,resnet", "--steps", "1", "--warmup", "0", "--batch", "16",
+    code = node_bench(["all", "--models", "odenet,resnet", "--steps", "1", "--warmup", "0", "--batch", "16",
                        "--data-root", str(fake_mnist), "--out", str(out), "--ref-workers", "0", "--tol", "1e-1",
                        "--tols", "1e-1,1e-4", "--blocks", "1,2", "--threads", "1"])
     assert code == 0
@@ -216,30 +150,6 @@ def test_node_bench_writes_its_tables(tmp_path, fake_mnist):
     assert odenet[0]["activation_bytes"] == odenet[1]["activation_bytes"]          # the adjoint: O(1)
     assert int(rknet[1]["activation_bytes"]) > int(rknet[0]["activation_bytes"])    # backprop: grows with NFE
     assert int(resnet[1]["activation_bytes"]) > int(resnet[0]["activation_bytes"])
-    assert (out / "memory.png").stat().st_size > 0 and "| odenet |" in (out / "step.md").read_text()
-    assert bench.main(["step", "--out", str(out), "--data-root", str(fake_mnist)]) == 2   # never overwrites
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["step", "--models", "transformer"], "unknown --models model 'transformer'; accepted: odenet, rknet, resnet"),
-    (["step", "--variants", "turbo"], "unknown --variants variant 'turbo'"),
-    (["memory", "--tols", "1e-3,abc"], "is not a comma-separated list of numbers"),
-    (["step", "--steps", "0"], "--steps=0 is not allowed"),
-    (["nonsense"], "invalid choice"),
-])
-def test_bad_input_is_one_line(argv, message, capsys):
-    assert bench.main(argv + ["--out", "/nonexistent/never"]) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_cost_to_target_counts_steps_seconds_and_evaluations_until_the_first_good_evaluation():
-    rows = [dict(step=10, sec_per_step=0.5, test_rmse=2.0, nfe_forward=20, nfe_backward=0),
-            dict(step=20, sec_per_step=1.0, test_rmse=1.2, nfe_forward=26, nfe_backward=0),
-            dict(step=40, sec_per_step=0.25, test_rmse=0.9, nfe_forward=32, nfe_backward=10)]
-    got = bench.to_target(rows, "test_rmse", 1.2)
-    assert got == dict(reached_at_step=20, steps=20, seconds=15.0, seconds_median=15.0, nfe=460.0)
-    got = bench.to_target(rows, "test_rmse", 0.9)
-    assert (got["reached_at_step"], got["seconds"], got["seconds_median"], got["nfe"]) == (40, 20.0, 20.0, 1300.0)
-    never = bench.to_target(rows, "test_rmse", 0.5)
-    assert never["reached_at_step"] is None and never["steps"] == 40      # never reached: all it trained
+    assert_png(out / "memory.png", min_height=300, min_width=800)
+    assert "| odenet |" in (out / "step.md").read_text()
+    assert node_bench(["step", "--out", str(out), "--data-root", str(fake_mnist)]) == 2   # never overwrites

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from node_cli import mnist
-from node_cli.mnist import DataError, convert_pickle, load_mnist
+from node_cli.core.checks import DataError
+from node_cli.families.mnist import data as mnist
+from node_cli.families.mnist.data import convert_pickle, load_mnist
 
 
 def _split(rng, n):

@@ -4,24 +4,26 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from node_cli.classify import random_crop
-from node_cli.metrics import activation_bytes, count_parameters, peak_memory
-from node_cli.models import build_mnist_model
-from node_cli.solver import nfe
-
-SOLVER = dict(method="dopri5", rtol=1e-3, atol=1e-3, adjoint=True, adjoint_norm="default", step_size=None,
-              max_num_steps=None)
+from node_cli.core.measure import activation_bytes, count_parameters, peak_memory
+from node_cli.core.solve import nfe
+from node_cli.families.mnist.models import ConcatConv2d, build_mnist_model
+from node_cli.families.mnist.task import random_crop
 
 
-def model(name, solver=None, **kw):
-    cfg = dict(name=name, channels=64, t1=1.0, blocks=6, hidden=300) | kw
-    return build_mnist_model(OmegaConf.create(cfg), OmegaConf.create(SOLVER | (solver or {})))
+@pytest.fixture
+def model(solver_cfg):
+    """A maker of Table 1's models: name, solver overrides (dopri5 1e-3 with the adjoint by default), model keys."""
+    def make(name, solver=None, **kw):
+        cfg = dict(name=name, channels=64, t1=1.0, blocks=6, hidden=300) | kw
+        return build_mnist_model(OmegaConf.create(cfg), solver_cfg(**(solver or {})))
+
+    return make
 
 
 # paper.md: reference example ODE-Net 208,266, ResNet 576,778; paper's Table 1: 0.22M, 0.60M, 0.22M, 0.24M.
 @pytest.mark.parametrize("name, solver, expected", [
     ("odenet", {}, 208_266), ("rknet", {"adjoint": False}, 208_266), ("resnet", {}, 576_778), ("mlp", {}, 238_510)])
-def test_parameter_counts_match_the_reference(name, solver, expected):
+def test_parameter_counts_match_the_reference(model, name, solver, expected):
     assert count_parameters(model(name, solver)) == expected
 
 
@@ -33,7 +35,7 @@ def act_bytes(m, batch=8):
     return b, nfe(m)[0] - f0
 
 
-def test_activation_bytes_order_as_the_paper_claims():
+def test_activation_bytes_order_as_the_paper_claims(model):
     torch.manual_seed(0)
     loose, tight = {"rtol": 1e-1, "atol": 1e-1}, {"rtol": 1e-6, "atol": 1e-6}
     base = model("odenet", {"adjoint": True, **loose}, channels=16)
@@ -54,7 +56,7 @@ def test_activation_bytes_order_as_the_paper_claims():
     assert res[0] < res[1] < res[2]                          # ResNet grows with depth
 
 
-def test_peak_memory_is_positive_and_grows_with_batch():
+def test_peak_memory_is_positive_and_grows_with_batch(model):
     m = model("mlp")
     small = peak_memory(m, lambda: m(torch.rand(16, 1, 28, 28)).sum(), torch.device("cpu"))
     large = peak_memory(m, lambda: m(torch.rand(2048, 1, 28, 28)).sum(), torch.device("cpu"))
@@ -70,3 +72,16 @@ def test_random_crop_matches_pad_then_crop():
     padded = F.pad(x, (4, 4, 4, 4))
     for i in range(5):
         torch.testing.assert_close(out[i], padded[i, :, dy[i]:dy[i] + 28, dx[i]:dx[i] + 28])
+
+
+def test_concat_conv_is_the_convolution_of_the_concatenated_time_channel():
+    torch.manual_seed(0)
+    conv = ConcatConv2d(5, 7).double()
+    x = torch.randn(3, 5, 6, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.37, dtype=torch.float64, requires_grad=True)
+    wanted = conv.conv(torch.cat([torch.ones_like(x[:, :1]) * t, x], 1))
+    got = conv(t, x)
+    torch.testing.assert_close(got, wanted, rtol=1e-12, atol=1e-12)
+    inputs = (x, t, conv.conv.weight, conv.conv.bias)
+    for a, b in zip(torch.autograd.grad(got.pow(2).sum(), inputs), torch.autograd.grad(wanted.pow(2).sum(), inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

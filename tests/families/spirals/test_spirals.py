@@ -1,26 +1,29 @@
 """Spirals, the latent ODE and its RNN baselines: data generation, irregular-time batching, training, the CLI."""
 import json
+import math
 import re
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from node_cli import cli
-from node_cli.config import ConfigError
-from node_cli.latent import LatentODE, RNNBaseline, build, check
-from node_cli.spirals import CLOCKWISE, COUNTER_CLOCKWISE, generate, split
+from node_cli.core.checks import ConfigError
+from node_cli.core.rundir import RunDir, read_metrics
+from node_cli.core.train import fit
+from node_cli.families.spirals.data import CLOCKWISE, COUNTER_CLOCKWISE, generate, split
+from node_cli.families.spirals.models import LatentODE, RNNBaseline
+from node_cli.families.spirals.task import build, check
 
 TINY = ["dataset.n_spirals=24", "dataset.n_obs=12", "trainer.progress=false"]
 
 
-def config(*overrides):
-    with initialize_config_module(config_module="node_cli.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+@pytest.fixture
+def config(compose):
+    return compose
 
 
-def test_generator_shapes_seeding_and_directions():
+def test_generator_shapes_seeding_and_directions(config):
     d = config("experiment=spiral_latent_ode", "dataset.n_spirals=40", "dataset.n_obs=30").dataset
     data = generate(d)
     length = d.n_points + d.n_extrap
@@ -46,7 +49,7 @@ def test_generator_shapes_seeding_and_directions():
     assert (len(train), len(test)) == (32, 8)
 
 
-def test_observations_are_irregular_and_differ_between_trajectories():
+def test_observations_are_irregular_and_differ_between_trajectories(config):
     d = config("experiment=spiral_latent_ode", "dataset.n_spirals=20", "dataset.n_obs=30").dataset
     data = generate(d)
     x, t = data.observations()
@@ -59,7 +62,7 @@ def test_observations_are_irregular_and_differ_between_trajectories():
     assert torch.allclose(x, data.noisy[torch.arange(20)[:, None], data.obs_idx])
 
 
-def test_latent_ode_solves_each_trajectory_at_its_own_times():
+def test_latent_ode_solves_each_trajectory_at_its_own_times(config):
     cfg = config("experiment=spiral_latent_ode", "dataset.n_spirals=20", "dataset.n_obs=10",
                  "solver.rtol=1e-9", "solver.atol=1e-9")
     torch.manual_seed(0)
@@ -80,7 +83,7 @@ def test_latent_ode_solves_each_trajectory_at_its_own_times():
     assert not torch.allclose(shared, alone, atol=1e-3)
 
 
-def test_rnn_dt_sees_the_gaps_and_rnn_does_not():
+def test_rnn_dt_sees_the_gaps_and_rnn_does_not(config):
     cfg = config("experiment=spiral_rnn_dt")
     torch.manual_seed(0)
     x, t = torch.randn(3, 8, 2), torch.sort(torch.rand(3, 8), 1).values
@@ -95,7 +98,7 @@ def test_rnn_dt_sees_the_gaps_and_rnn_does_not():
 
 
 @pytest.mark.parametrize("experiment", ["spiral_latent_ode", "spiral_rnn"])
-def test_training_loss_decreases_on_a_tiny_data_set(experiment):
+def test_training_loss_decreases_on_a_tiny_data_set(config, experiment):
     cfg = config(f"experiment={experiment}", *TINY, "trainer=quick")
     torch.manual_seed(0)
     task = build(cfg, torch.device("cpu"))
@@ -113,11 +116,35 @@ def test_training_loss_decreases_on_a_tiny_data_set(experiment):
     assert losses[-1] < 0.9 * losses[0], losses
 
 
-def test_quick_trainer_runs_max_steps_iterations():
-    task = build(config("experiment=spiral_latent_ode", *TINY, "trainer=quick"), torch.device("cpu"))
-    assert task.steps_per_epoch() * 1 == 200                         # quick: epochs 1, max_steps 200
+def test_an_epoch_is_one_pass_over_the_training_split(config):
     full = build(config("experiment=spiral_latent_ode", *TINY), torch.device("cpu"))
-    assert full.steps_per_epoch() == 1 and full.cfg.trainer.epochs == 2000
+    assert full.steps_per_epoch() == 1 and full.cfg.trainer.epochs == 2000       # full batch: one step an epoch
+    task = build(config("experiment=spiral_rnn", *TINY, "trainer.batch_size=5"), torch.device("cpu"))
+    n_train = len(task.train)
+    assert task.steps_per_epoch() == math.ceil(n_train / 5) > 1
+    batches = list(task.train_batches(0))
+    assert len(batches) == task.steps_per_epoch() and sum(len(x) for x, _ in batches) == n_train
+
+
+@pytest.mark.parametrize("budget, steps", [
+    (["trainer.max_steps=6"], 6),                                  # max_steps: the run's length in optimizer steps
+    (["trainer.max_steps=null", "trainer.epochs=3"], None),        # else epochs passes over the training split
+])
+def test_run_length_is_max_steps_else_epochs(config, tmp_path, budget, steps):
+    cfg = config("experiment=spiral_rnn", *TINY, "trainer=quick", "trainer.batch_size=5", "trainer.eval_every=null",
+                 *budget)
+    torch.manual_seed(0)
+    task = build(cfg, torch.device("cpu"))
+    per_epoch = task.steps_per_epoch()
+    calls = []
+    loss = task.loss
+    task.loss = lambda batch: calls.append(len(batch[0])) or loss(batch)
+    summary = fit(cfg, task, RunDir(tmp_path), torch.device("cpu"))
+    memory_calls = 2                                               # measure_memory: activation bytes, then peak
+    expected = steps or 3 * per_epoch
+    assert summary["status"] == "ok" and summary["steps"] == expected == len(calls) - memory_calls
+    assert summary["epochs"] == expected // per_epoch
+    assert read_metrics(tmp_path)[-1]["step"] == expected
 
 
 @pytest.mark.parametrize("override, message", [
@@ -126,7 +153,7 @@ def test_quick_trainer_runs_max_steps_iterations():
     ("model=odenet", "unknown model 'odenet'; accepted: latent_ode, rnn, rnn_dt"),
     ("dataset.test_fraction=1.5", "dataset.test_fraction=1.5 is not allowed"),
 ])
-def test_bad_input_is_one_clear_line(tmp_path, capsys, override, message):
+def test_bad_input_is_one_clear_line(config, tmp_path, capsys, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         check(config("experiment=spiral_latent_ode", override))
     with pytest.raises(SystemExit) as exc:
@@ -137,7 +164,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, override, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_rnn_needs_two_observations():
+def test_rnn_needs_two_observations(config):
     with pytest.raises(ConfigError, match="dataset.n_obs=1 is not allowed"):
         check(config("experiment=spiral_rnn", "dataset.n_obs=1"))
     check(config("experiment=spiral_latent_ode", "dataset.n_obs=1"))   # the latent ODE can take one
@@ -148,7 +175,7 @@ def test_rnn_needs_two_observations():
     ("spiral_rnn", ["spirals.png"], "test_nll"),
     ("spiral_rnn_dt", ["spirals.png"], "test_nll"),
 ])
-def test_tiny_end_to_end_run_writes_its_files(tmp_path, experiment, figures, metric):
+def test_tiny_end_to_end_run_writes_its_files(config, tmp_path, assert_png, experiment, figures, metric):
     out = tmp_path / experiment
     cli.main([f"experiment={experiment}", *TINY, "trainer=quick", "trainer.max_steps=4", "trainer.eval_every=2",
               f"hydra.run.dir={out}"])
@@ -162,7 +189,7 @@ def test_tiny_end_to_end_run_writes_its_files(tmp_path, experiment, figures, met
         assert 0 <= summary["extrap_solver_error"] < 0.1 and summary["extrap_nfe_forward_reference"] > 0
     assert summary["test_rmse_clockwise"] > 0 and summary["test_rmse_counter_clockwise"] > 0
     for name in figures:
-        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+        assert_png(out / name, min_height=300, min_width=300)
     assert not (out / "latent.png").exists() or experiment == "spiral_latent_ode"
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[-1])["final"] is True

@@ -1,0 +1,148 @@
+"""The fast Runge-Kutta arithmetic (core/fastrk.py) computes what torchdiffeq's own does: the same trajectory,
+gradients and steps (NFE) in float64 and float32, with and without the adjoint, for tensor and tuple states; it is
+registered only on first use, and an untested torchdiffeq falls back with one warning."""
+import copy
+import importlib
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from node_cli.core import fastrk
+from node_cli.core.solve import ODEBlock
+from node_cli.families.mnist.models import ConvField
+
+REGISTRY = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS   # torchdiffeq's method name -> solver
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These checks are tiny: one thread is much faster than two fighting over a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Spiral(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.lin = nn.Linear(3, 3).double()
+
+    def forward(self, t, y):
+        return torch.tanh(self.lin(y)) * torch.cos(t)
+
+
+@pytest.mark.parametrize("method", sorted(fastrk.available()))
+def test_fast_rk_matches_every_adaptive_runge_kutta_method(solver_cfg, method):
+    field = Spiral()
+    y0 = torch.tensor([[0.3, -0.5, 0.8], [1.0, 0.2, -0.1]], dtype=torch.float64)
+    t = torch.linspace(0, 2, 5, dtype=torch.float64)
+    out = []
+    for fast in (False, True):
+        block = ODEBlock(field, solver_cfg(method=method, rtol=1e-6, atol=1e-8, adjoint=False), fast_rk=fast)
+        assert block.kwargs["method"] == (fastrk.method(method) if fast else method)
+        y = y0.clone().requires_grad_(True)
+        traj = block(y, t)                    # interior output times: the dense output is used
+        traj.pow(2).sum().backward()
+        out.append((traj.detach(), y.grad, block.nfe_forward))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out[0][1], out[1][1], rtol=1e-10, atol=1e-12)
+    assert out[0][2] == out[1][2] > 0
+
+
+def test_fast_rk_leaves_fixed_grid_methods_alone(solver_cfg):
+    block = ODEBlock(Spiral(), solver_cfg(method="rk4", step_size=0.25, adjoint=False), fast_rk=True)
+    assert block.kwargs["method"] == "rk4"
+    fast = ODEBlock(Spiral(), solver_cfg(), fast_rk=True).kwargs["method"]
+    assert fast == fastrk.available()["dopri5"] == "dopri5" + fastrk.SUFFIX
+
+
+class PairConvField(nn.Module):
+    """A tuple state (feature maps, one number per example), as a CNF's (z, log p): the MNIST conv field on the
+    maps, and for the number a function of the maps alone (as d log p/dt = -tr df/dz)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = ConvField(c)
+
+    def forward(self, t, state):
+        h, _ = state
+        return self.conv(t, h), -torch.tanh(h).pow(2).mean((1, 2, 3))[:, None]
+
+
+def run_block(field, solver, fast, state, t=None):
+    """Output, input and parameter gradients, and (NFE-F, NFE-B) of one forward + backward."""
+    block = ODEBlock(copy.deepcopy(field), solver, fast_rk=fast)
+    state = tuple(s.clone().requires_grad_(True) for s in state)
+    out = block(state if len(state) > 1 else state[0], t)
+    outs = out if isinstance(out, tuple) else (out,)
+    sum(o.pow(2).mean() for o in outs).backward()
+    grads = [s.grad for s in state] + [p.grad for p in block.parameters()]
+    return [o.detach() for o in outs], grads, (block.nfe_forward, block.nfe_backward)
+
+
+@pytest.mark.parametrize("tuple_state", [False, True])
+@pytest.mark.parametrize("adjoint, tol", [(True, 1e-3), (True, 1e-5), (False, 1e-4)])
+def test_float32_fast_path_takes_the_plain_steps_on_the_mnist_conv_field(solver_cfg, adjoint, tol, tuple_state):
+    torch.manual_seed(0)
+    field = PairConvField(8) if tuple_state else ConvField(8)
+    g = torch.Generator().manual_seed(0)
+    state = (torch.randn(4, 8, 6, 6, generator=g),) + ((torch.zeros(4, 1),) if tuple_state else ())
+    solver = solver_cfg(rtol=tol, atol=tol, adjoint=adjoint)
+    (plain_out, plain_grads, plain_nfe), (fast_out, fast_grads, fast_nfe) = (
+        run_block(field, solver, fast, state) for fast in (False, True))
+    assert all(x.dtype == torch.float32 for x in plain_out + fast_out)
+    assert fast_nfe == plain_nfe and plain_nfe[0] > 8                   # the same steps, forward and backward
+    assert (plain_nfe[1] > 8) == adjoint
+    for a, b in zip(plain_out, fast_out):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert len(plain_grads) == len(fast_grads) == len(state) + len(list(field.parameters()))
+    scale = max(g.abs().max().item() for g in plain_grads)
+    for a, b in zip(plain_grads, fast_grads):                              # y0 and every parameter
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_untested_torchdiffeq_falls_back_with_one_warning(monkeypatch, solver_cfg):
+    registry = dict(REGISTRY)
+    monkeypatch.setattr(fastrk, "TESTED", ("0.0.0",))       # restored after the test, with _FAST
+    monkeypatch.setattr(fastrk, "_FAST", None)
+    with pytest.warns(RuntimeWarning, match="untested version") as caught:
+        assert fastrk.method("dopri5") == "dopri5"          # the method name, unchanged
+    assert len(caught) == 1 and "model.fast_rk" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # once: no second warning
+        assert fastrk.method("dopri5") == "dopri5" and fastrk.method("bosh3") == "bosh3"
+        assert fastrk.available() == {}
+        block = ODEBlock(Spiral(), solver_cfg(adjoint=False), fast_rk=True)
+        assert block.kwargs["method"] == "dopri5"
+        block(torch.ones(1, 3, dtype=torch.float64))           # and it solves, with torchdiffeq's own arithmetic
+    assert dict(REGISTRY) == registry                           # the fallback added no method
+
+
+IMPORT_CHECK = """
+import importlib, json
+o = importlib.import_module("torchdiffeq._impl.odeint")
+before = set(o.SOLVERS)
+import node_cli.core.solve, node_cli.cli, node_cli.report.build, node_cli.bench.cli
+import node_cli.families.mnist.models, node_cli.families.flows.models, node_cli.families.spirals.models
+from node_cli.core import fastrk
+imported = dict(added=sorted(set(o.SOLVERS) - before), fast=fastrk._FAST)
+name = fastrk.method("dopri5")
+print(json.dumps(dict(imported=imported, name=name, added=sorted(set(o.SOLVERS) - before))))
+"""
+
+
+def test_importing_registers_nothing_until_first_use():
+    r = subprocess.run([sys.executable, "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["imported"] == {"added": [], "fast": None}        # importing node-run touches no registry
+    assert got["name"] == "dopri5" + fastrk.SUFFIX
+    assert got["added"] and all(n.endswith(fastrk.SUFFIX) for n in got["added"])   # only new names, on first use
+    assert "dopri5" + fastrk.SUFFIX in got["added"]

@@ -1,0 +1,166 @@
+"""The MNIST sections of node-report (Table 1, Figure 3, memory) from tiny real runs made here: every table row
+traces back to its runs, figures are real, other settings stay out of Table 1, and `node-report tolsweep` never
+touches a run's files."""
+import contextlib
+import csv
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from node_cli.core.page import differences
+from node_cli.core.rundir import load_run
+from node_cli.families.mnist import tolsweep
+from node_cli.families.mnist.report import PAPER_TABLE1
+from node_cli.report.build import build, experiment_of
+
+TINY = ["trainer=quick", "trainer.max_steps=2", "trainer.eval_every=null", "trainer.batch_size=8",
+        "trainer.progress=false", "dataset.download=false"]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread for the in-process tolerance sweeps (the CPU is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def files_digest(folder):
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory, make_fake_mnist, node_run):
+    """Table 1's four runs (one sweep), a copy of the ODE-Net run at another tolerance, a copy of the MLP run that
+    never finished, and a tolerance sweep of the ODE-Net. Fewer fake digits than `fake_mnist`: the final
+    evaluation of an ODE-Net dominates a tiny run."""
+    data = make_fake_mnist(64, 16, 24, seed=1)
+    root = tmp_path_factory.mktemp("mnist_report")
+    r = node_run("-m", "experiment=mnist_mlp,mnist_resnet,mnist_rknet,mnist_odenet", *TINY, f"dataset.root={data}",
+                 f"hydra.sweep.dir={root / 'table1'}")
+    assert r.returncode == 0, r.stderr
+    ode = root / "table1" / "3"
+    variant = root / "variants" / "odenet_loose"
+    shutil.copytree(ode, variant)
+    cfg = OmegaConf.load(variant / ".hydra" / "config.yaml")
+    cfg.solver.rtol = 0.1
+    OmegaConf.save(cfg, variant / ".hydra" / "config.yaml")
+    half = root / "broken" / "half_written"                                   # an MLP run that did not end
+    shutil.copytree(root / "table1" / "0", half)
+    (half / "summary.json").unlink()
+    with open(half / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "test_err')
+    before = files_digest(ode)
+    with one_thread():
+        tolsweep.main([str(ode), "--tols", "1e-1,1e-2,1e-3", "--reference", "1e-5", "--batch", "8", "--repeats", "1"])
+    out = tmp_path_factory.mktemp("report") / "rep"
+    rep = build([str(root / "table1"), str(root / "variants"), str(root / "broken")], out)
+    return dict(root=root, ode=ode, variant=variant, half=half, before=before, rep=rep, out=out)
+
+
+def test_table1_rows_trace_back_to_their_runs(mnist):
+    out = mnist["out"]
+    rows = {row["model_name"]: row for row in read_csv(out / "table1.csv")}
+    assert set(rows) == {"mlp", "resnet", "rknet", "odenet"}
+    paper = {m: err for _, m, err, *_ in PAPER_TABLE1}
+    md = (out / "report.md").read_text()
+    for model, row in rows.items():
+        assert float(row["paper_test_error"]) == paper[model]
+        dirs = row["run_dirs"].split(";")
+        assert len(dirs) == int(row["n_runs"]) == 1                # the ODE-Net at another tolerance is not in it
+        run = load_run(Path(dirs[0]))
+        assert run.cfg["model"]["name"] == model and run.ok and not differences(run, experiment_of(run))
+        assert Path(dirs[0]).parent == mnist["root"] / "table1"
+        s = run.summary
+        assert float(row["test_error"]) == pytest.approx(s["test_error"])
+        assert float(row["params"]) == s["params"]
+        assert float(row["activation_bytes"]) == s["activation_bytes"]
+        assert float(row["nfe_forward"]) == pytest.approx(s["nfe_forward"])
+        assert float(row["test_examples"]) == s["test_examples"] == 24          # the whole (small) test set
+        rid = row["run_ids"]
+        assert re.search(rf"\| {rid} \| ok \| classify/{model} \|", md)         # the run's line under 'Runs'
+        assert any(line.startswith("| ") and f"| {rid}" in line and f"{100 * s['test_error']:.2f}%" in line
+                   for line in md.splitlines())                              # the table line names it
+    assert float(rows["odenet"]["nfe_backward"]) > 0 and float(rows["rknet"]["nfe_backward"]) == 0
+    variant = load_run(mnist["variant"])
+    assert differences(variant, experiment_of(variant)) == ["solver.rtol=0.1"]
+
+
+def test_unfinished_run_is_named_in_its_table_1_cell(mnist):
+    md = (mnist["out"] / "report.md").read_text()
+    runs = {row["run_dir"]: row for row in read_csv(mnist["out"] / "runs.csv")}
+    half = runs[str(mnist["half"].resolve())]
+    assert half["status"] == "unfinished" and "no summary.json" in half["problems"]
+    assert "unreadable line" in half["problems"]
+    mlp_line = next(line for line in md.splitlines() if line.startswith("| 1-layer MLP |"))
+    assert f"{half['run_id']} (unfinished)" in mlp_line                  # named in the MLP row, not dropped
+
+
+def test_every_figure_is_written_and_linked(mnist, assert_png):
+    rep, out = mnist["rep"], mnist["out"]
+    assert {"figure3.png", "memory.png", "table1.csv", "memory.csv", "runs.csv", "figure3_tolsweep.csv"} <= \
+        set(rep.files)
+    for name in rep.files:
+        assert (out / name).stat().st_size > 100, name
+        if name.endswith(".png"):
+            assert_png(out / name, min_height=400, min_width=1000)
+    md = (out / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert {"figure3.png", "memory.png"} <= set(links)
+    for link in links:
+        assert (out / link).is_file(), link
+    assert "## Table 1" in md and "## Figure 3" in md and "## Memory" in md
+    mem = read_csv(out / "memory.csv")
+    series = {row["series"].split(":")[0] for row in mem}
+    assert {"ODE-Net (adjoint)", "RK-Net (backprop through the solver)", "ResNet"} <= series
+    for row in mem:
+        assert json.loads((Path(row["run_dir"]) / "summary.json").read_text())["activation_bytes"] == \
+            pytest.approx(float(row["activation_mib"]) * 2 ** 20)
+
+
+def test_tolsweep_writes_its_own_folder_and_never_the_runs_files(mnist):
+    ode = mnist["ode"]
+    result = json.loads((ode / "tolsweep" / "tolsweep.json").read_text())
+    rows = result["rows"]
+    assert [r["tol"] for r in rows] == [0.1, 0.01, 0.001]
+    assert result["adjoint"] is True and result["reference_nfe"] > rows[-1]["nfe_forward"]
+    assert rows[-1]["error_rms"] < rows[0]["error_rms"]
+    for r in rows:
+        assert r["step_nfe_forward"] == r["nfe_forward"]              # same inputs, same tolerance, same solve
+        assert r["step_nfe_backward"] > 0 and r["activation_bytes"] > 0 and r["forward_seconds"] > 0
+    after = {p: h for p, h in files_digest(ode).items() if p.parts[0] != "tolsweep"}
+    assert after == mnist["before"]
+    csv_rows = read_csv(mnist["out"] / "figure3_tolsweep.csv")
+    assert len(csv_rows) == 3 and {r["run_dir"] for r in csv_rows} == {str(ode.resolve())}
+    with one_thread():
+        tolsweep.main([str(ode), "--tols", "0.1", "--reference", "1e-3", "--batch", "2", "--repeats", "1"])
+    assert (ode / "tolsweep_2" / "tolsweep.json").is_file() and (ode / "tolsweep" / "tolsweep.json").is_file()
+
+
+@pytest.mark.parametrize("which, message", [
+    ("mlp", "tolsweep needs a model with one ODE block"),
+    ("nothing", "no checkpoint.pt in"),
+])
+def test_tolsweep_bad_input_is_one_line(mnist, tmp_path, which, message):
+    target = mnist["root"] / "table1" / "0" if which == "mlp" else tmp_path
+    r = subprocess.run([sys.executable, "-m", "node_cli.report.cli", "tolsweep", str(target)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
