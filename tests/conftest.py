@@ -73,6 +73,15 @@ def node_run():
     return run
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny models: one thread is much faster than two fighting over a shared CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def solver_cfg():
     """A `solver` config node: the shipped conf/solver/dopri5.yaml (every key an ODEBlock reads) with `kw` on top."""

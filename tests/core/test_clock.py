@@ -11,12 +11,7 @@ from node_cli.core.solve import ODEBlock, nfe
 from node_cli.families.mnist.models import ConvField
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny checks: one thread beats two fighting over a CPU
 
 
 def ode_model(solver_cfg, adjoint):

@@ -19,13 +19,7 @@ from node_cli.families.mnist.models import ConvField
 REGISTRY = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS   # torchdiffeq's method name -> solver
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These checks are tiny: one thread is much faster than two fighting over a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny checks: one thread beats two fighting over a CPU
 
 
 class Spiral(nn.Module):

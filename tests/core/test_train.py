@@ -108,3 +108,18 @@ def test_run_length_is_max_steps_else_epochs_and_only_the_final_evaluation_is_un
     assert task.losses == steps + 2           # + the memory measurement's two forward passes
     assert task.limits == limits              # intermediate evaluations per epoch at eval_limit, the final at None
     assert read_metrics(tmp_path)[-1]["step"] == steps
+
+
+class NanFinalTask(SteadyTask):
+    """Intermediate evaluations (limited) are finite; the final one (limit None) is NaN."""
+
+    def evaluate(self, limit):
+        return {"test_loss": 0.5 if limit is not None else float("nan"), "test_examples": limit or 100}
+
+
+def test_a_final_evaluation_that_is_not_finite_fails_the_run_and_reports_it(tmp_path):
+    cfg = _trainer_cfg("nan", max_steps=4, eval_limit=10)
+    summary = fit(cfg, NanFinalTask(), RunDir(tmp_path), torch.device("cpu"))
+    assert summary["status"] == "failed" and "final evaluation is not finite: test_loss=nan" in summary["error"]
+    assert math.isnan(summary["test_loss"]) and summary["test_examples"] == 100   # the final numbers, not step 2's
+    assert [r["final"] for r in read_metrics(tmp_path)] == [False, True]

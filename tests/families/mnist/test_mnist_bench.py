@@ -16,13 +16,7 @@ from node_cli.families.mnist.reference import build_reference_model, copy_weight
 from node_cli.families.mnist.task import MnistTask, compile_field
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These checks are tiny: one thread is much faster than two fighting over a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny checks: one thread beats two fighting over a CPU
 
 
 @pytest.fixture
