@@ -19,6 +19,15 @@ FLOW = ["experiment=nf_moons", "trainer=quick", "model.depth=2", "dataset.test_s
 
 # ------------------------------------------------------------------------------------- 6: every key is checked
 @pytest.mark.parametrize("args, message", [
+    (["experiment=mnist_nope"], "unknown experiment 'mnist_nope'; accepted: "),
+    (["model=transformer"], "unknown model 'transformer'"),
+    (["solver=magic"], "unknown solver 'magic'"),
+    (["solver.method=rk45"], "unknown solver.method 'rk45'"),
+    (["dataset=imagenet"], "unknown dataset 'imagenet'"),
+    (["solver.rtol=0"], "solver.rtol=0 is not allowed"),
+    (["solver.atol=-1e-4"], "solver.atol=-0.0001 is not allowed"),
+    (["-m", "solver.rtol=1e-3,-1e-2"], "solver.rtol=-0.01 is not allowed"),
+    (["-m", "experiment=spiral_rnn,spiral_rnn_dt", "dataset.n_obs=30"], "also name the config group"),
     (["seed=abc"], "seed='abc' is not allowed"),
     (["seed=1.5"], "seed=1.5 is not allowed"),
     (["seed=null"], "seed=None is not allowed"),

@@ -1,7 +1,5 @@
 """node-report on damaged runs: a summary.json of the wrong type or a metrics line that is a bare number is a
 damaged run listed under Problems, never a traceback; no runs at all makes no report folder."""
-import json
-import shutil
 import subprocess
 import sys
 

@@ -76,25 +76,6 @@ def test_odenet_learns_the_fake_digits(node_run, tmp_path, fake_mnist):
     assert last < first - 0.3              # and far below its first evaluation: it learned
 
 
-@pytest.mark.parametrize("args, message", [
-    (["experiment=mnist_nope"], "unknown experiment 'mnist_nope'; accepted: "),
-    (["model=transformer"], "unknown model 'transformer'"),
-    (["solver=magic"], "unknown solver 'magic'"),
-    (["solver.method=rk45"], "unknown solver.method 'rk45'"),
-    (["dataset=imagenet"], "unknown dataset 'imagenet'"),
-    (["solver.rtol=0"], "solver.rtol=0 is not allowed"),
-    (["solver.atol=-1e-4"], "solver.atol=-0.0001 is not allowed"),
-    (["-m", "solver.rtol=1e-3,-1e-2"], "solver.rtol=-0.01 is not allowed"),
-    (["-m", "experiment=spiral_rnn,spiral_rnn_dt", "dataset.n_obs=30"], "also name the config group"),
-])
-def test_bad_input_is_one_line_and_no_run_folder(node_run, tmp_path, args, message):
-    out = tmp_path / "never"
-    r = node_run(*args, f"hydra.run.dir={out}", f"hydra.sweep.dir={out}")
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and message in r.stderr and "Traceback" not in r.stderr
-    assert not out.exists()
-
-
 def test_missing_data_set_without_download_is_a_clear_error(node_run, tmp_path):
     out = tmp_path / "run"
     r = node_run(*TINY, f"dataset.root={tmp_path / 'empty'}", f"hydra.run.dir={out}")
