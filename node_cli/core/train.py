@@ -20,7 +20,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 import time
+import warnings
 from typing import Iterable, Protocol
 
 import torch
@@ -119,6 +121,7 @@ class Loop:
         self.skip = 0                                   # batches of this epoch already trained (resumed runs)
         self.owed = False                               # the evaluation a finished run owes its last step
         self.pre_end = None                             # epoch, schedule and lr before the last step's epoch end
+        self.pending = False                            # stopped right after a step, before what follows it
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def schedule_state(self) -> dict:
@@ -133,8 +136,8 @@ class Loop:
             state["milestones"] = Counter(state["milestones"])
         self.scheduler.load_state_dict(state)
 
-    def state(self, final: bool, window: dict) -> dict:
-        return dict(format=CHECKPOINT_FORMAT, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+    def state(self, final: bool, window: dict, pending: bool = False) -> dict:
+        return dict(format=CHECKPOINT_FORMAT, pending=pending, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.schedule_state(), pre_end=self.pre_end,
                     step=self.step, epoch=self.epoch, in_epoch=self.in_epoch, final=final,
                     metrics=self.last_eval, metrics_step=self.last_eval_step, totals=dict(self.totals),
@@ -155,7 +158,7 @@ class Loop:
         self.epoch_rng, self.skip = ckpt["epoch_rng"], self.in_epoch
         for g, state in zip(self.generators(), ckpt["generators"]):
             g.set_state(state)
-        self.owed = bool(ckpt["final"])
+        self.owed, self.pending = bool(ckpt["final"]), bool(ckpt["pending"])
         # metrics lines after the checkpoint (and a finished run's final line) belong to the old ending
         truncate_metrics(self.run.path, self.step, drop_final=True)
         _set_rng_state(ckpt["rng"])
@@ -191,7 +194,9 @@ class Loop:
     def end_of_epoch(self) -> None:
         self.epoch, self.in_epoch = self.epoch + 1, 0
         if not self.per_step:
-            self.scheduler.step()
+            with warnings.catch_warnings():   # a resumed run may end an epoch before its first optimizer step here
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                self.scheduler.step()
         if self.step < self.total and not self.t.eval_every:
             self.evaluate(final=False)
 
@@ -226,6 +231,9 @@ class Loop:
         """This epoch's batches from where the run stands: a resumed run replays the epoch's draws up to its step
         (so every generator is where it was), then gets the global random state of its checkpoint back."""
         gens = self.generators()
+        if self.skip == self.task.steps_per_epoch():   # stopped at the epoch's last step: nothing left of it
+            self.skip = 0
+            return iter(())
         if self.skip:
             for g, s in zip(gens, self.epoch_rng):
                 g.set_state(s)
@@ -247,6 +255,12 @@ class Loop:
             if self.owed and self.step < self.total:   # a finished run given a larger budget: do what a
                 self.owed = False                         # longer run did after this step
                 self.continue_finished()
+            if self.pending:   # stopped right after a step: what the loop had not done yet after it
+                self.pending = False
+                if self.step < self.total:
+                    self.after_step()
+                elif self.in_epoch == self.task.steps_per_epoch():
+                    self.close_epoch()
             while self.step < self.total:
                 for batch in self.batches():
                     value = self.train_step(batch)
@@ -258,10 +272,7 @@ class Loop:
                         break
                     self.after_step()
                 if self.in_epoch == self.task.steps_per_epoch():   # a whole epoch done (not cut by max_steps)
-                    if self.step >= self.total:   # the run's last step: remember what a longer run would see here
-                        self.pre_end = dict(epoch=self.epoch, in_epoch=self.in_epoch, scheduler=self.schedule_state(),
-                                            lrs=[g["lr"] for g in self.optimizer.param_groups])
-                    self.end_of_epoch()
+                    self.close_epoch()
             if watcher.requested:
                 return self.interrupt(watcher)
             return "ok", None
@@ -274,12 +285,16 @@ class Loop:
         finally:
             bar.close()
 
+    def close_epoch(self) -> None:
+        if self.step >= self.total:   # the run's last step: remember what a longer run would see here
+            self.pre_end = dict(epoch=self.epoch, in_epoch=self.in_epoch, scheduler=self.schedule_state(),
+                                lrs=[g["lr"] for g in self.optimizer.param_groups])
+        self.end_of_epoch()
+
     def continue_finished(self) -> None:
         """A finished run's last step was followed by its final evaluation; a longer run goes on instead. If that
         step ended an epoch (still an epoch end in the new budget: flows count the whole run as one epoch), undo
         the epoch end and redo it as a longer run does, after its evaluation; else just make that evaluation."""
-        import warnings
-
         if self.pre_end is None:
             self.after_step()
             return
@@ -290,14 +305,12 @@ class Loop:
         self.pre_end = None
         self.after_step()
         if self.in_epoch == self.task.steps_per_epoch():
-            with warnings.catch_warnings():   # the schedule steps before this process's first optimizer step
-                warnings.simplefilter("ignore", UserWarning)
-                self.end_of_epoch()
+            self.end_of_epoch()
         else:
             self.skip = self.in_epoch
 
     def interrupt(self, watcher) -> tuple[str, str]:
-        self.run.save_checkpoint(self.state(False, self.window))
+        self.run.save_checkpoint(self.state(False, self.window, pending=True))
         return "interrupted", (f"stopped by {watcher.name} after step {self.step}; checkpoint of that step saved "
                                f"(continue with: node-run resume={self.run.path})")
 
