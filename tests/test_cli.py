@@ -184,4 +184,4 @@ def test_summary_and_log_say_what_ran_where(tmp_path, node_run):
     assert s["evaluation"] == "final: the whole test set"
     log = (folder / "node-run.log").read_text()
     assert "name: nf_moons" in log and "evaluation at step 1" in log and "evaluation at step 2 (final)" in log
-    assert "status ok after 2 steps" in log
+    assert "status ok after 2 steps" in log and "moons data: fresh samples every step from seed=0" in log

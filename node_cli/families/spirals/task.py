@@ -13,6 +13,7 @@ one iteration per epoch).
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -30,7 +31,11 @@ class SpiralTask:
     def __init__(self, cfg, device: torch.device):
         check(cfg)
         self.cfg, self.device = cfg, device
-        train, test = split(generate(cfg.dataset), cfg.dataset.test_fraction)
+        d = cfg.dataset
+        train, test = split(generate(d), d.test_fraction)
+        logging.getLogger("node_run").info(
+            "spirals generated from dataset.seed=%s: %d train / %d test trajectories, %d of %d window points observed",
+            d.seed, len(train), len(test), d.n_obs, d.n_points)
         self.train, self.test = train.to(device), test.to(device)
         self.train_x, self.train_t = self.train.observations()
         self.model = build_model(cfg.model, cfg.solver).to(device)
