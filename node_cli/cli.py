@@ -9,8 +9,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
 
 from . import families
 from .core.checks import ConfigError, DataError, one_line, validate
@@ -27,18 +27,22 @@ INTERRUPTED: list[str] = []   # jobs of this process that were stopped (their su
 
 
 @hydra.main(version_base="1.3", config_path="pkg://node_cli.conf", config_name="config")
-def run(cfg) -> None:
+def run(cfg) -> float:
+    """Train one job; return its objective (`objective:` in the experiment file; NaN when the run did not finish
+    ok, which a search sweeper such as Optuna records as a failed trial and goes on)."""
     out_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = execute(cfg, out_dir, **requeued(cfg, out_dir))
     except (ConfigError, DataError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr, flush=True)
         FAILED.append(out_dir)
-        return
+        return float("nan")
     except KeyboardInterrupt:
         INTERRUPTED.append(out_dir)
         raise
     finish(summary, out_dir)
+    value = summary.get("objective_value")
+    return float(value) if summary["status"] == "ok" and isinstance(value, (int, float)) else float("nan")
 
 
 def requeued(cfg, out_dir) -> dict:
@@ -100,14 +104,32 @@ def precheck(argv: list[str]) -> list[str]:
     claim the folders the jobs will write (refusing any that holds a run) and return the overrides that pin them,
     so that Hydra writes exactly there."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    args = [a for a in argv if not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except Exception as exc:  # Hydra's parser errors
-        raise ConfigError(f"cannot parse the command line: {one_line(exc)}") from None
+    args, parsed = _parse([a for a in argv if not a.startswith("-")])
+    sweeper = next((str(o.value()) for o in parsed if o.key_or_group == "hydra/sweeper"), "basic")
+    expanded, probes = [], []
+    for a, o in zip(args, parsed):
+        if isinstance(o.value(), Glob):   # the usual "every experiment" recipe: expand it here, as Hydra would
+            group = o.get_key_element().lstrip("+~")
+            if group not in GROUPS:
+                raise ConfigError(f"{a}: glob() picks options of a config group ({', '.join(GROUPS)})")
+            chosen = o.value().filter(options(group))
+            if not chosen:
+                raise ConfigError(f"{a} matches no {group}; accepted: {', '.join(options(group))}")
+            a = f"{o.key_or_group}={','.join(chosen)}"
+            o = _parse([a])[1][0]
+        if sweeper == "basic" and (o.is_interval_sweep() or (o.is_sweep_override() and o.value().tags)):
+            raise ConfigError(f"{a} needs a search sweeper: add hydra/sweeper=optuna (Hydra's basic sweeper expands "
+                              "only lists, choice() and range())")
+        if o.is_sweep_override() and sweeper != "basic":
+            # only the search sweeper expands this; check the values it may take (an interval's ends)
+            values = [o.value().start, o.value().end] if o.is_interval_sweep() else list(o.sweep_string_iterator())
+            probes += [f"{o.key_or_group}={v}" for v in values]
+            continue
+        expanded.append((a, o))
+    args, parsed = [a for a, _ in expanded], [o for _, o in expanded]
     for o in parsed:
         group = o.get_key_element().lstrip("+~")
         if group in GROUPS and not o.is_delete():
@@ -131,11 +153,23 @@ def precheck(argv: list[str]) -> list[str]:
         except ConfigError as exc:
             raise ConfigError(f"{exc} (a multirun first composes the command line without its swept values: also "
                               "name the config group that has this key, e.g. dataset=spirals)") from None
-    for job in jobs[:MAX_PRECHECK]:
+    for job in jobs[:MAX_PRECHECK] + [jobs[0] + [probe] for probe in probes]:
         cfg = compose(job)
         validate(cfg)
         families.check(cfg)
+    if sweeper != "basic":   # a search sweeper runs hydra.sweeper.n_trials jobs (when it says how many)
+        trials = OmegaConf.select(compose(jobs[0], hydra=True), "hydra.sweeper.n_trials")
+        jobs = jobs * int(trials) if isinstance(trials, int) and trials > 0 else jobs
     return claim_folders(jobs, multirun)
+
+
+def _parse(args: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return list(args), OverridesParser.create().parse_overrides(list(args))
+    except Exception as exc:  # Hydra's parser errors
+        raise ConfigError(f"cannot parse the command line: {one_line(exc)}") from None
 
 
 def _resolved(cfg, key: str, num: int | None = None) -> Path | None:

@@ -79,7 +79,9 @@ def execute(cfg, out_dir, resume: dict | None = None, history: list | None = Non
             run.write_summary(summary)
             log.warning("interrupted: %s", summary["error"])
             raise
-        summary.update(run_dir=str(run.path), finished=_now())
+        objective = cfg.get("objective")
+        summary.update(objective=objective, objective_value=summary.get(objective), run_dir=str(run.path),
+                       finished=_now())
         run.write_summary(summary)   # before the watcher hands a preemption on (submitit requeues and exits)
         log.info("status %s after %s steps%s", summary["status"], summary["steps"],
                  f": {summary['error']}" if summary.get("error") else "")

@@ -93,6 +93,7 @@ def validate(cfg) -> None:
     from .solve import SOLVERS
 
     text(cfg.name, "name")
+    text(cfg.get("objective", "test_error"), "objective")
     integer(cfg.seed, "seed", 0, 2 ** 63 - 1)
     s = cfg.solver
     choice(s.method, "solver.method", SOLVERS)
