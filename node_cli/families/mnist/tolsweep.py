@@ -29,7 +29,7 @@ import torch
 
 from ...core.checks import ConfigError, DataError, one_line, resolve_device
 from ...core.measure import activation_bytes
-from ...core.rundir import CHECKPOINT, load_checkpoint, write_json
+from ...core.rundir import write_json
 from ...core.solve import ODEBlock
 
 DEFAULT_TOLS = "1e-1,3e-2,1e-2,3e-3,1e-3,3e-4,1e-4,3e-5,1e-5"
@@ -62,30 +62,26 @@ def new_out_dir(run_dir: Path, out: str | None) -> Path:
     raise ConfigError(f"{run_dir} already holds 999 tolerance sweeps; pass --out DIR")
 
 
-def load(run_dir: Path, device: torch.device):
-    """The run's task (data + model) with the checkpoint's weights loaded, and the checkpoint itself."""
-    from omegaconf import OmegaConf
+def load(run_dir: Path, device: str):
+    """The run's task (data + model) with the checkpoint's weights loaded, and the checkpoint itself: node-eval's
+    loading (config + checkpoint + task, node_cli.evaluate.load_run), refusing anything but an MNIST ODE block."""
+    from ...evaluate import load_run
 
-    from .task import MnistTask
+    def accept(cfg):
+        if cfg.get("task") != "classify":
+            raise ConfigError(f"tolsweep evaluates MNIST classifiers with an ODE block (task classify, model odenet "
+                              f"or rknet); {run_dir} is task {cfg.get('task')!r}, model {cfg.model.get('name')!r}")
+        if cfg.model.get("name") not in ("odenet", "rknet"):
+            raise ConfigError(f"tolsweep needs a model with one ODE block (model odenet or rknet); {run_dir} is model "
+                              f"{cfg.model.get('name')!r}")
 
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
-    try:
-        cfg = OmegaConf.create(ckpt["config"])
-    except Exception as exc:  # noqa: BLE001 - a config that is not a mapping
-        raise ConfigError(f"cannot read the config in {run_dir / CHECKPOINT}: {one_line(exc, 200)}") from None
-    if cfg.get("task") != "classify":
-        raise ConfigError(f"tolsweep evaluates MNIST classifiers with an ODE block (task classify, model odenet or "
-                          f"rknet); {run_dir} is task {cfg.get('task')!r}, model {cfg.model.get('name')!r}")
-    if cfg.model.get("name") not in ("odenet", "rknet"):
-        raise ConfigError(f"tolsweep needs a model with one ODE block (model odenet or rknet); {run_dir} is model "
-                          f"{cfg.model.get('name')!r}")
-    task = MnistTask(cfg, device)
-    task.model.load_state_dict(ckpt["model"])
+    loaded = load_run(run_dir, device, accept=accept)
+    task, cfg = loaded.task, loaded.cfg
     blocks = [m for m in task.model.modules() if isinstance(m, ODEBlock)]
     if len(blocks) != 1:
         raise ConfigError(f"tolsweep needs a model with one ODE block (model odenet or rknet); {run_dir} is model "
                           f"{cfg.model.name!r} with {len(blocks)}")
-    return task, blocks[0], ckpt, cfg
+    return task, blocks[0], loaded.ckpt, cfg
 
 
 def sweep(run_dir, tols, reference: float = 1e-8, batch: int = 128, repeats: int = 3, device: str = "cpu",
@@ -97,7 +93,7 @@ def sweep(run_dir, tols, reference: float = 1e-8, batch: int = 128, repeats: int
                           f"{min(tols):g})")
     dev = resolve_device(device)
     out_dir = new_out_dir(run_dir, out)
-    task, block, ckpt, cfg = load(run_dir, dev)
+    task, block, ckpt, cfg = load(run_dir, device)
     model = task.model.train()   # GroupNorm only: train and eval modes compute the same function
     x = task.images(task.test_x[:batch])
     y = task.test_y[:batch]
