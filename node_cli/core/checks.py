@@ -103,6 +103,7 @@ def validate(cfg) -> None:
     choice(s.adjoint_norm, "solver.adjoint_norm", ("default", "seminorm"))
     positive(s.get("step_size"), "solver.step_size", allow_none=True)
     positive(s.get("max_num_steps"), "solver.max_num_steps", integer=True, allow_none=True)
+    _solver_options(s)
     t = cfg.trainer
     positive(t.epochs, "trainer.epochs", integer=True)
     positive(t.max_steps, "trainer.max_steps", integer=True, allow_none=True)
@@ -131,6 +132,28 @@ def validate(cfg) -> None:
     boolean(cfg.get("deterministic", False), "deterministic")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
+
+
+def _solver_options(s) -> None:
+    """solver.first_step / min_step / max_step: only for the methods whose torchdiffeq solver takes them;
+    solver.adjoint_rtol / adjoint_atol / adjoint_method: null (the forward ones) or a tolerance / a method."""
+    from .solve import SOLVERS, TAKES
+
+    positive(s.get("first_step"), "solver.first_step", allow_none=True)
+    number(s.get("min_step"), "solver.min_step", 0, allow_none=True)
+    positive(s.get("max_step"), "solver.max_step", allow_none=True)
+    for key in ("first_step", "min_step", "max_step"):
+        if s.get(key) is not None and key not in TAKES[s.method]:
+            takers = [m for m in SOLVERS if key in TAKES[m]]
+            raise ConfigError(f"solver.{key} is not taken by method {s.method}; torchdiffeq takes it with "
+                              f"{', '.join(takers)} (or set solver.{key}=null)")
+    if s.get("min_step") is not None and s.get("max_step") is not None and s.min_step > s.max_step:
+        raise ConfigError(f"solver.min_step={s.min_step!r} is not allowed: it must be <= "
+                          f"solver.max_step={s.max_step!r}")
+    positive(s.get("adjoint_rtol"), "solver.adjoint_rtol", allow_none=True)
+    positive(s.get("adjoint_atol"), "solver.adjoint_atol", allow_none=True)
+    if s.get("adjoint_method") is not None:
+        choice(s.adjoint_method, "solver.adjoint_method", SOLVERS)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -4,10 +4,19 @@ NFE is counted by one mechanism for every model: the vector field is wrapped in 
 counter ticks on every evaluation. `ODEBlock.forward` adds the evaluations made during its forward solve to
 `nfe_forward`; every other evaluation of the field happens in the adjoint's backward solve and is `nfe_backward`.
 Without the adjoint, autograd replays the stored graph and never calls the field: NFE-B is 0 by construction.
+
+Solver statistics come from the same wrapper: torchdiffeq's adaptive Runge-Kutta solvers call
+`callback_accept_step(t0, y0, dt)` / `callback_reject_step(t0, y0, dt)` on the vector field module after each step
+attempt, and the adjoint's backward solve calls the `..._adjoint` variants of the same names. `CountedField` counts
+accepted and rejected steps and the smallest accepted dt separately for the two; `ODEBlock` exposes the forward
+solves' counts as `steps_accepted`, `steps_rejected`, `min_dt` (like `nfe_forward`), and `solver_stats(model)` sums
+them over every block. Solvers without these callbacks (fixed-grid, scipy_solver) are never handed them (torchdiffeq
+would warn), so their counts stay 0 and min_dt None.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 import torchdiffeq
@@ -23,28 +32,100 @@ from . import fastrk
 SOLVERS = tuple(sorted(name for name in _REGISTRY if fastrk.SUFFIX not in name))
 ADAPTIVE = tuple(name for name in SOLVERS if not issubclass(_REGISTRY[name], FixedGridODESolver))
 
+# The step options of the solver config (solver.<key>, null by default) and which methods take them: read from the
+# keyword parameters of each torchdiffeq solver class's constructors (its whole MRO), so it is whatever the
+# installed torchdiffeq really accepts. torchdiffeq 0.2.5: the adaptive Runge-Kutta solvers (dopri5, dopri8,
+# bosh3, fehlberg2, adaptive_heun) take first_step, min_step, max_step and max_num_steps; scipy_solver takes
+# min_step and max_step; the fixed-grid solvers take step_size.
+STEP_OPTIONS = dict(step_size=float, first_step=float, min_step=float, max_step=float, max_num_steps=int)
+
+
+def _init_keywords(cls) -> set:
+    names = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names |= set(inspect.signature(init).parameters)
+    return names
+
+
+TAKES = {name: tuple(k for k in STEP_OPTIONS if k in _init_keywords(_REGISTRY[name])) for name in SOLVERS}
+
+
+def step_callbacks(method: str) -> bool:
+    """Whether torchdiffeq's solver `method` calls callback_accept_step / callback_reject_step (adaptive RK)."""
+    cls = _REGISTRY.get(method)
+    return cls is not None and {"callback_accept_step", "callback_reject_step"} <= set(cls.valid_callbacks())
+
+
+class StepCounts:
+    """Accepted and rejected steps of the solves one callback family reports, and the smallest accepted dt."""
+
+    __slots__ = ("accepted", "rejected", "min_dt")
+
+    def __init__(self):
+        self.accepted, self.rejected, self.min_dt = 0, 0, None
+
+    def accept(self, t0, y0, dt):
+        self.accepted += 1
+        dt = abs(float(dt.detach() if torch.is_tensor(dt) else dt))
+        self.min_dt = dt if self.min_dt is None else min(self.min_dt, dt)
+
+    def reject(self, t0, y0, dt):
+        self.rejected += 1
+
 
 class CountedField(nn.Module):
-    """A vector field f(t, y) that counts its evaluations in `calls`."""
+    """A vector field f(t, y) that counts its evaluations in `calls`, and the steps of the solves that use it:
+    `forward_steps` (the solves of odeint and odeint_adjoint's forward pass, by torchdiffeq's callback_accept_step /
+    callback_reject_step) and `backward_steps` (the adjoint's backward solves, by the `..._adjoint` callbacks).
+
+    The callbacks are instance attributes that `enable_step_callbacks` sets only for solvers that call them: a
+    solver that does not (fixed-grid, scipy_solver) would make torchdiffeq warn on every solve."""
 
     def __init__(self, field: nn.Module):
         super().__init__()
         self.field = field
         self.calls = 0
+        self.forward_steps, self.backward_steps = StepCounts(), StepCounts()
+
+    def enable_step_callbacks(self, forward: bool, backward: bool) -> None:
+        for name, counts, on in (("callback_{}_step", self.forward_steps, forward),
+                                 ("callback_{}_step_adjoint", self.backward_steps, backward)):
+            for kind, fn in (("accept", counts.accept), ("reject", counts.reject)):
+                if on:
+                    self.__dict__[name.format(kind)] = fn
+                else:
+                    self.__dict__.pop(name.format(kind), None)
 
     def forward(self, t, y):
         self.calls += 1
         return self.field(t, y)
 
 
-def solver_kwargs(cfg) -> dict:
-    """torchdiffeq keyword arguments from a `solver` config node."""
-    options = {}
-    if cfg.get("step_size") is not None and cfg.method not in ADAPTIVE:
-        options["step_size"] = float(cfg.step_size)
-    if cfg.get("max_num_steps") is not None and cfg.method in ADAPTIVE:
-        options["max_num_steps"] = int(cfg.max_num_steps)
-    return dict(rtol=float(cfg.rtol), atol=float(cfg.atol), method=str(cfg.method), options=options)
+def _options(cfg, method: str) -> dict:
+    """The step options of `cfg` that torchdiffeq's `method` takes (the others are refused by checks.validate for
+    the forward method; step_size and max_num_steps keep their old meaning: ignored by methods without them)."""
+    return {k: STEP_OPTIONS[k](cfg.get(k)) for k in TAKES.get(method, ()) if cfg.get(k) is not None}
+
+
+def solver_kwargs(cfg, adjoint: bool = False) -> dict:
+    """torchdiffeq keyword arguments from a `solver` config node: odeint's (rtol, atol, method, options), and with
+    `adjoint` also odeint_adjoint's adjoint_rtol, adjoint_atol, adjoint_method (None: the forward ones) and
+    adjoint_options (the step options the adjoint method takes; norm=seminorm with solver.adjoint_norm=seminorm).
+    Keys a config node lacks (older runs' configs) count as null."""
+    method = str(cfg.method)
+    kwargs = dict(rtol=float(cfg.rtol), atol=float(cfg.atol), method=method, options=_options(cfg, method))
+    if adjoint:
+        a_method = cfg.get("adjoint_method")
+        a_method = None if a_method is None else str(a_method)
+        adjoint_options = _options(cfg, method if a_method is None else a_method)
+        if cfg.get("adjoint_norm") == "seminorm":
+            adjoint_options["norm"] = "seminorm"
+        kwargs.update(adjoint_rtol=None if cfg.get("adjoint_rtol") is None else float(cfg.adjoint_rtol),
+                      adjoint_atol=None if cfg.get("adjoint_atol") is None else float(cfg.adjoint_atol),
+                      adjoint_method=a_method, adjoint_options=adjoint_options)
+    return kwargs
 
 
 class ODEBlock(nn.Module):
@@ -54,23 +135,62 @@ class ODEBlock(nn.Module):
     (leading time dimension). `y0` may be a tensor or a tuple of tensors (e.g. state and log-density).
     `fast_rk=True` runs adaptive Runge-Kutta methods with the fast stage arithmetic of `fastrk` (same method,
     same steps); other methods ignore it.
+
+    Counts of the forward solves (odeint, or odeint_adjoint's forward pass): `nfe_forward`, `steps_accepted`,
+    `steps_rejected`, `min_dt` (smallest accepted step, None before any adaptive Runge-Kutta step; since
+    construction or the last `reset_min_dt()`). The adjoint's backward solves: `nfe_backward`,
+    `steps_accepted_backward`, `steps_rejected_backward`, `min_dt_backward`.
     """
 
     def __init__(self, field: nn.Module, solver_cfg, t1: float = 1.0, adjoint: bool | None = None,
                  fast_rk: bool = False):
         super().__init__()
         self.field = CountedField(field)
-        self.kwargs = solver_kwargs(solver_cfg)
+        self.adjoint = bool(solver_cfg.adjoint) if adjoint is None else adjoint
+        kwargs = solver_kwargs(solver_cfg, adjoint=True)
+        self.kwargs = {k: kwargs.pop(k) for k in ("rtol", "atol", "method", "options")}
+        self.adjoint_kwargs = kwargs     # adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options
         if fast_rk:
             self.kwargs["method"] = fastrk.method(self.kwargs["method"])
-        self.adjoint = bool(solver_cfg.adjoint) if adjoint is None else adjoint
-        self.adjoint_options = {"norm": "seminorm"} if solver_cfg.get("adjoint_norm") == "seminorm" else None
+            if kwargs["adjoint_method"] is not None:
+                kwargs["adjoint_method"] = fastrk.method(kwargs["adjoint_method"])
+        backward_method = kwargs["adjoint_method"] or self.kwargs["method"]
+        self.field.enable_step_callbacks(step_callbacks(self.kwargs["method"]),
+                                         self.adjoint and step_callbacks(backward_method))
         self.register_buffer("span", torch.tensor([0.0, float(t1)]), persistent=False)
         self.nfe_forward = 0
 
     @property
     def nfe_backward(self) -> int:
         return self.field.calls - self.nfe_forward
+
+    @property
+    def steps_accepted(self) -> int:
+        return self.field.forward_steps.accepted
+
+    @property
+    def steps_rejected(self) -> int:
+        return self.field.forward_steps.rejected
+
+    @property
+    def min_dt(self) -> float | None:
+        return self.field.forward_steps.min_dt
+
+    @property
+    def steps_accepted_backward(self) -> int:
+        return self.field.backward_steps.accepted
+
+    @property
+    def steps_rejected_backward(self) -> int:
+        return self.field.backward_steps.rejected
+
+    @property
+    def min_dt_backward(self) -> float | None:
+        return self.field.backward_steps.min_dt
+
+    def reset_min_dt(self) -> None:
+        """Start new running minima of the step size (forward and backward); the step counts keep counting."""
+        self.field.forward_steps.min_dt = self.field.backward_steps.min_dt = None
 
     @contextlib.contextmanager
     def tolerance(self, rtol: float, atol: float | None = None):
@@ -87,8 +207,7 @@ class ODEBlock(nn.Module):
         times = self.span if t is None else t
         before = self.field.calls
         if self.adjoint:
-            out = torchdiffeq.odeint_adjoint(self.field, y0, times, adjoint_options=self.adjoint_options,
-                                             **self.kwargs)
+            out = torchdiffeq.odeint_adjoint(self.field, y0, times, **self.kwargs, **self.adjoint_kwargs)
         else:
             out = torchdiffeq.odeint(self.field, y0, times, **self.kwargs)
         self.nfe_forward += self.field.calls - before
@@ -101,6 +220,30 @@ def nfe(model: nn.Module) -> tuple[int, int]:
     """Cumulative (forward, backward) function evaluations of every ODE block in `model`."""
     blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
     return sum(b.nfe_forward for b in blocks), sum(b.nfe_backward for b in blocks)
+
+
+def _min(a, b):
+    return b if a is None else a if b is None else min(a, b)
+
+
+def solver_stats(model: nn.Module, reset_min_dt: bool = False) -> dict:
+    """Step statistics of every ODE block in `model`: cumulative accepted and rejected steps of the forward solves
+    (`accepted`, `rejected`) and of the adjoint's backward solves (`accepted_backward`, `rejected_backward`), and the
+    smallest accepted dt of each (`min_dt`, `min_dt_backward`: a float, None if no adaptive step was taken) since
+    the blocks were made or last reset. `reset_min_dt`: reset the minima after reading them, so that the next call's
+    minima cover only the solves in between (a training step's smallest step)."""
+    stats = dict(accepted=0, rejected=0, min_dt=None, accepted_backward=0, rejected_backward=0, min_dt_backward=None)
+    for b in model.modules():
+        if isinstance(b, ODEBlock):
+            stats["accepted"] += b.steps_accepted
+            stats["rejected"] += b.steps_rejected
+            stats["min_dt"] = _min(stats["min_dt"], b.min_dt)
+            stats["accepted_backward"] += b.steps_accepted_backward
+            stats["rejected_backward"] += b.steps_rejected_backward
+            stats["min_dt_backward"] = _min(stats["min_dt_backward"], b.min_dt_backward)
+            if reset_min_dt:
+                b.reset_min_dt()
+    return stats
 
 
 def has_ode(model: nn.Module) -> bool:

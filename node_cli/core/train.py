@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import measure, stop
 from .checks import one_line
 from .rundir import RunDir, truncate_metrics
-from .solve import nfe, nfe_note
+from .solve import nfe, nfe_note, solver_stats
 
 
 class Task(Protocol):
@@ -174,7 +174,9 @@ class Loop:
         result = self.task.evaluate(None if final else self.t.eval_limit)
         w, n = self.window, max(self.window["steps"], 1)
         row = dict(step=self.step, epoch=self.epoch, train_loss=w["loss"] / n, **result,
-                   nfe_forward=w["nfe_f"] / n, nfe_backward=w["nfe_b"] / n, sec_per_step=w["time"] / n,
+                   nfe_forward=w["nfe_f"] / n, nfe_backward=w["nfe_b"] / n,
+                   solver_accepted=w.get("solver_acc", 0) / n, solver_rejected=w.get("solver_rej", 0) / n,
+                   solver_min_dt=w.get("solver_min_dt"), sec_per_step=w["time"] / n,
                    lr=self.optimizer.param_groups[0]["lr"], wall_time=self.wall(), final=final)
         self.run.log(row)
         log.info("evaluation at step %d%s: %s", self.step, " (final)" if final else "",
@@ -204,6 +206,7 @@ class Loop:
     def train_step(self, batch) -> float:
         model, optimizer = self.model, self.optimizer
         f0, b0 = nfe(model)
+        s0 = solver_stats(model, reset_min_dt=True)   # min_dt: this step's solves only
         tic = time.perf_counter()
         loss = self.task.loss(batch)
         if not torch.isfinite(loss):
@@ -216,6 +219,7 @@ class Loop:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         f1, b1 = nfe(model)
+        s1 = solver_stats(model)
         value = loss.item()
         for acc in (self.window, self.totals):
             acc["time"] += time.perf_counter() - tic
@@ -223,6 +227,11 @@ class Loop:
             acc["steps"] += 1
             acc["nfe_f"] += f1 - f0
             acc["nfe_b"] += b1 - b0
+            # forward-solve steps; .get: checkpoints written before these keys existed
+            acc["solver_acc"] = acc.get("solver_acc", 0) + s1["accepted"] - s0["accepted"]
+            acc["solver_rej"] = acc.get("solver_rej", 0) + s1["rejected"] - s0["rejected"]
+            low = [v for v in (acc.get("solver_min_dt"), s1["min_dt"]) if v is not None]
+            acc["solver_min_dt"] = float(min(low)) if low else None
         self.step += 1
         self.in_epoch += 1
         return value
@@ -343,6 +352,8 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
     summary.update(
         status=status, error=error, steps=loop.step, epochs=loop.epoch, evaluation=evaluated,
         nfe_forward=loop.totals["nfe_f"] / n, nfe_backward=loop.totals["nfe_b"] / n, nfe_backward_note=nfe_note(task.model),
+        solver_accepted=loop.totals.get("solver_acc", 0) / n, solver_rejected=loop.totals.get("solver_rej", 0) / n,
+        solver_min_dt=loop.totals.get("solver_min_dt"),
         sec_per_step=loop.totals["time"] / n,
         examples_per_sec=loop.totals["steps"] * getattr(task, "batch_size", cfg.trainer.batch_size)
         / max(loop.totals["time"], 1e-9),

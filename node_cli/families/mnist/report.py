@@ -24,13 +24,15 @@ def table1(rep: Page) -> None:
     if not rep.section("## Table 1: MNIST (paper section 3)", "classify", "MNIST",
                        "`scripts/table1.sh` (quick budget) or `FULL=1 scripts/table1.sh`"):
         return
-    rows_md, rows_csv = [], []
+    rows_md, rows_csv, has_steps = [], [], False
     for label, model, p_err, p_params, p_mem, p_time in PAPER_TABLE1:
         used, skipped = select(rep.paper_setting(rep.of("classify", model)))
         rep.mark(used, "Table 1")
         err, params = mean(used, "test_error"), mean(used, "params")
         act, peak = mean(used, "activation_bytes"), mean(used, "peak_memory_bytes")
         sps, nf, nb = mean(used, "sec_per_step"), mean(used, "nfe_forward"), mean(used, "nfe_backward")
+        sa, sr = mean(used, "solver_accepted"), mean(used, "solver_rejected")   # runs from before these: None
+        has_steps = has_steps or sa is not None
         steps, epochs = (used[0].steps, used[0].summary.get("epochs")) if used else (None, None)
         examples = mean(used, "test_examples")
         budget = (f"{steps} steps" + (f" ({epochs} epochs)" if epochs else "")) if used else "no finished run"
@@ -38,19 +40,28 @@ def table1(rep: Page) -> None:
             budget += f", {int(examples)} test images"
         rows_md.append([label, pct(err), pct(p_err), fmt(params, ",.0f"), f"{p_params / 1e6:.2f}M",
                         fmt(act and act / MiB, ".2f"), fmt(peak and peak / MiB, ".2f"), p_mem, fmt(sps, ".3f"),
-                        p_time, f"{fmt(nf, '.1f')} / {fmt(nb, '.1f')}" if used else "–", budget,
+                        p_time, f"{fmt(nf, '.1f')} / {fmt(nb, '.1f')}" if used else "–",
+                        f"{fmt(sa, '.1f')} / {fmt(sr, '.1f')}" if sa is not None else "–", budget,
                         rep.runs_cell(used, skipped)])
         rows_csv.append(dict(model=label, model_name=model, test_error=err, paper_test_error=p_err, params=params,
                              paper_params=p_params, activation_bytes=act, peak_memory_bytes=peak,
                              paper_memory=p_mem, sec_per_step=sps, paper_time=p_time, nfe_forward=nf,
-                             nfe_backward=nb, steps=steps, epochs=epochs, test_examples=examples,
+                             nfe_backward=nb, solver_accepted=sa, solver_rejected=sr, steps=steps, epochs=epochs,
+                             test_examples=examples,
                              **run_fields(used)))
-    rep.add(*md_table(["model", "test error", "paper", "params", "paper", "activation MiB", "peak MiB",
-                       "paper memory", "s / step", "paper time", "NFE-F / NFE-B", "budget", "runs"], rows_md))
+    header = ["model", "test error", "paper", "params", "paper", "activation MiB", "peak MiB", "paper memory",
+              "s / step", "paper time", "NFE-F / NFE-B", "steps acc./rej.", "budget", "runs"]
+    if not has_steps:   # no run records solver steps (runs made before they were counted): no such column
+        header.remove("steps acc./rej.")
+        rows_md = [row[:11] + row[12:] for row in rows_md]
+    rep.add(*md_table(header, rows_md))
     rep.add(f"CSV: `{rep.csv('table1.csv', rows_csv)}`. Activation MiB: bytes autograd saves for backward in one "
             "training step (batch of the run); peak MiB: the step's peak allocation above its start "
             f"({_methods(rep.of('classify', ok_only=True))}). NFE-F / NFE-B: function evaluations per training step, "
-            "averaged over the run; without the adjoint NFE-B is 0 by construction. Paper memory/time are "
+            "averaged over the run; without the adjoint NFE-B is 0 by construction"
+            + ("; steps acc./rej.: accepted / rejected steps of the forward solves per training step (adaptive "
+               "Runge-Kutta solvers only: 0 for fixed-grid solvers and models without an ODE block)"
+               if has_steps else "") + ". Paper memory/time are "
             "asymptotic (L layers, L̃ evaluations); the memory figure below measures them.", "")
 
 
