@@ -108,7 +108,15 @@ def precheck(argv: list[str]) -> list[str]:
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     args, parsed = _parse([a for a in argv if not a.startswith("-")])
-    sweeper = next((str(o.value()) for o in parsed if o.key_or_group == "hydra/sweeper"), "basic")
+    fixed = None
+    if multirun:  # Hydra first composes the command line without its swept values: that must work too
+        try:
+            fixed = compose([a for a, o in zip(args, parsed) if not o.is_sweep_override()], hydra=True)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (a multirun first composes the command line without its swept values: also "
+                              "name the config group that has this key, e.g. dataset=spirals)") from None
+    target = str(OmegaConf.select(fixed, "hydra.sweeper._target_", default="")) if multirun else ""
+    sweeper = "basic" if target.endswith("BasicSweeper") or not multirun else target
     expanded, probes = [], []
     for a, o in zip(args, parsed):
         if isinstance(o.value(), Glob):   # the usual "every experiment" recipe: expand it here, as Hydra would
@@ -147,18 +155,12 @@ def precheck(argv: list[str]) -> list[str]:
                 raise ConfigError(f"unknown key {key!r}: node-run has no such setting, and adding it with + would "
                                   f"be silently ignored{nearest(key, known)}")
     jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [args]
-    if multirun:  # Hydra first composes the command line without its swept values: that must work too
-        try:
-            compose([a for a, o in zip(args, parsed) if not o.is_sweep_override()])
-        except ConfigError as exc:
-            raise ConfigError(f"{exc} (a multirun first composes the command line without its swept values: also "
-                              "name the config group that has this key, e.g. dataset=spirals)") from None
     for job in jobs[:MAX_PRECHECK] + [jobs[0] + [probe] for probe in probes]:
         cfg = compose(job)
         validate(cfg)
         families.check(cfg)
     if sweeper != "basic":   # a search sweeper runs hydra.sweeper.n_trials jobs (when it says how many)
-        trials = OmegaConf.select(compose(jobs[0], hydra=True), "hydra.sweeper.n_trials")
+        trials = OmegaConf.select(fixed, "hydra.sweeper.n_trials")
         jobs = jobs * int(trials) if isinstance(trials, int) and trials > 0 else jobs
     return claim_folders(jobs, multirun)
 

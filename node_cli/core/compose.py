@@ -11,7 +11,7 @@ from importlib import resources
 from .checks import ConfigError, one_line
 
 CONF = "node_cli.conf"
-GROUPS = ("experiment", "model", "solver", "dataset", "trainer")
+GROUPS = ("experiment", "model", "solver", "dataset", "trainer", "hparams_search")
 
 
 def options(group: str) -> list[str]:
