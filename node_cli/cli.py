@@ -4,6 +4,7 @@ holds a run, or that another node-run claimed, is refused); `run()` is the @hydr
 the run. `node-run resume=RUN_DIR` continues a run in its own folder (resume.py)."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -27,22 +28,23 @@ INTERRUPTED: list[str] = []   # jobs of this process that were stopped (their su
 
 
 @hydra.main(version_base="1.3", config_path="pkg://node_cli.conf", config_name="config")
-def run(cfg) -> float:
-    """Train one job; return its objective (`objective:` in the experiment file; NaN when the run did not finish
-    ok, which a search sweeper such as Optuna records as a failed trial and goes on)."""
+def run(cfg) -> float | None:
+    """Train one job; return its objective (`objective:` in the experiment file; None when the run did not finish
+    ok, which a search sweeper such as Optuna records as a failed trial, and goes on)."""
     out_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = execute(cfg, out_dir, **requeued(cfg, out_dir))
     except (ConfigError, DataError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr, flush=True)
         FAILED.append(out_dir)
-        return float("nan")
+        return None
     except KeyboardInterrupt:
         INTERRUPTED.append(out_dir)
         raise
     finish(summary, out_dir)
     value = summary.get("objective_value")
-    return float(value) if summary["status"] == "ok" and isinstance(value, (int, float)) else float("nan")
+    ok = summary["status"] == "ok" and isinstance(value, (int, float)) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def requeued(cfg, out_dir) -> dict:
