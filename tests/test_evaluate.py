@@ -67,7 +67,7 @@ def node_eval(*args):
     finally:
         torch.set_num_threads(threads)
     assert len(written) == 1, written
-    return json.loads((written[0] / "summary.json").read_text())
+    return json.loads((written[0] / "eval.json").read_text())
 
 
 def evaluate_dirs(run_dir):

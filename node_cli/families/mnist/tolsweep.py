@@ -64,8 +64,8 @@ def new_out_dir(run_dir: Path, out: str | None) -> Path:
 
 def load(run_dir: Path, device: str):
     """The run's task (data + model) with the checkpoint's weights loaded, and the checkpoint itself: node-eval's
-    loading (config + checkpoint + task, node_cli.evaluate.load_run), refusing anything but an MNIST ODE block."""
-    from ...evaluate import load_run
+    loading (config + checkpoint + task, node_cli.families.trained.load_run), refusing anything but an MNIST ODE block."""
+    from ..trained import load_run
 
     def accept(cfg):
         if cfg.get("task") != "classify":
