@@ -18,7 +18,7 @@ SUMMARY_TIMINGS = TIMINGS | {"examples_per_sec", "started", "finished", "command
 MEMORY = ("activation_bytes", "peak_memory_bytes")   # measured after training: storage sharing varies by a few bytes
 
 FAMILIES = {   # experiment overrides that make a run of a few seconds; N = 6 steps
-    "mnist": ["experiment=mnist_odenet", "dataset.limit=256", "trainer.batch_size=64", "solver.rtol=1e-1",
+    "mnist": ["experiment=mnist_odenet", "logger=csv", "dataset.limit=256", "trainer.batch_size=64", "solver.rtol=1e-1",
               "solver.atol=1e-1", "trainer.milestones=[1]", "trainer.eval_every=2", "trainer.eval_limit=50"],
     "spirals": ["experiment=spiral_latent_ode", "dataset.n_spirals=60", "trainer.batch_size=16",
                 "trainer.eval_every=4"],
@@ -106,6 +106,10 @@ def test_stopped_run_resumed_equals_the_uninterrupted_run(tmp_path, fake_mnist, 
     monkeypatch.undo()
     assert _resume(stopped)["status"] == "ok"
     assert_same_run(full, stopped)
+    if family == "mnist":   # the live csv view follows the continued log
+        import csv
+        with open(stopped / "metrics.csv") as f:
+            assert [int(r["step"]) for r in csv.DictReader(f)] == [r["step"] for r in _rows(stopped)]
 
 
 def test_resume_refuses_what_would_change_the_run(tmp_path, fake_mnist):

@@ -130,6 +130,8 @@ def validate(cfg) -> None:
     positive(cfg.dataset.get("limit"), "dataset.limit", integer=True, allow_none=True)
     choice(cfg.device, "device", DEVICES)
     boolean(cfg.get("deterministic", False), "deterministic")
+    from .views import check as check_logger
+    check_logger(cfg.get("logger", "none"))
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
 

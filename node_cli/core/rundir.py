@@ -63,15 +63,26 @@ def write_json(path: Path, obj) -> None:
 
 
 class RunDir:
-    """A run's output folder (Hydra's output dir)."""
+    """A run's output folder (Hydra's output dir); `logger` names a live view of its metrics (core/views.py)."""
 
-    def __init__(self, path):
+    def __init__(self, path, logger: str | None = None):
+        from .views import open_view
+
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.view = open_view(logger, self.path, self.path / METRICS)
 
     def log(self, row: dict) -> None:
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(_clean(row)) + "\n")
+        if self.view is not None:
+            self.view.write(_clean(row))
+
+    def truncate(self, step: int, drop_final: bool = False) -> None:
+        """Keep the metrics up to `step` (a resumed run continues its log from its checkpoint)."""
+        truncate_metrics(self.path, step, drop_final)
+        if self.view is not None:
+            self.view.sync()
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / SUMMARY, summary)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import measure, stop
 from .checks import one_line
-from .rundir import RunDir, truncate_metrics
+from .rundir import RunDir
 from .solve import nfe, nfe_note, solver_stats
 
 
@@ -160,7 +160,7 @@ class Loop:
             g.set_state(state)
         self.owed, self.pending = bool(ckpt["final"]), bool(ckpt["pending"])
         # metrics lines after the checkpoint (and a finished run's final line) belong to the old ending
-        truncate_metrics(self.run.path, self.step, drop_final=True)
+        self.run.truncate(self.step, drop_final=True)
         _set_rng_state(ckpt["rng"])
 
     def generators(self) -> list:
