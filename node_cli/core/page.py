@@ -61,6 +61,12 @@ def mean(runs, key):
     return sum(values) / len(values) if values else None
 
 
+def steps_cell(runs) -> str:
+    """Accepted / rejected forward-solve steps per training step (means over runs), '–' where not recorded."""
+    acc, rej = mean(runs, "solver_accepted"), mean(runs, "solver_rejected")
+    return "–" if acc is None else f"{acc:.1f} / {rej or 0:.1f}"
+
+
 def run_fields(runs) -> dict:
     """The CSV columns that name the runs behind a row."""
     return dict(n_runs=len(runs), run_ids=" ".join(r.id for r in runs), run_dirs=";".join(str(r.path) for r in runs))

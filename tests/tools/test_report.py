@@ -156,3 +156,18 @@ def test_report_cli_on_folders_without_runs_and_on_a_used_out_folder(runs, tmp_p
                         str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "is not empty" in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before             # nothing written there
+
+
+def test_spirals_per_run_table_shows_solver_steps_consistent_with_nfe(runs):
+    report = (runs["out"] / "report.md").read_text()
+    section = report[report.index("### Per run"):]
+    header = next(line for line in section.splitlines() if line.startswith("| run |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| R")]
+    latent = next(r for r in rows if r[columns.index("model")] == "Latent ODE")
+    nfe_f = float(latent[columns.index("NFE-F / NFE-B")].split("/")[0])
+    accepted, rejected = (float(v) for v in latent[columns.index("steps acc./rej.")].split("/"))
+    assert accepted > 0 and nfe_f == pytest.approx(2 + 6 * (accepted + rejected), abs=0.15)   # dopri5's count
+    rnn = next(r for r in rows if r[columns.index("model")] == "RNN")
+    assert rnn[columns.index("steps acc./rej.")] == "0.0 / 0.0"                 # no ODE block, no steps

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from ...core.page import Page, mean, plt_figure, run_fields, select
+from ...core.page import Page, mean, plt_figure, run_fields, select, steps_cell
 from ...core.tables import fmt, md_table
 from ...core.rundir import Run
 
@@ -43,19 +43,20 @@ def _flows_ml(rep: Page, runs) -> None:
             rows_md.append([data, f"{label} ({key} = {cap})" if used else label,
                             fmt(nll) + (f" ± {se:.4f}" if se is not None else ""), fmt(floor),
                             "– (figures only; paper: CNF M=64 vs NF K=64)", fmt(mean(used, "nfe_forward"), ".1f"),
-                            fmt(mean(used, "sec_per_step"), ".3f"), f"{used[0].steps} steps" if used else "no finished run",
+                            steps_cell(used), fmt(mean(used, "sec_per_step"), ".3f"), f"{used[0].steps} steps" if used else "no finished run",
                             rep.runs_cell(used, skipped)])
             rows_csv.append(dict(dataset=data, model=label, capacity=cap, test_nll=nll, test_nll_stderr=se,
                                  data_nll=floor, paper="figures only",
-                                 nfe_forward=mean(used, "nfe_forward"), sec_per_step=mean(used, "sec_per_step"),
+                                 nfe_forward=mean(used, "nfe_forward"), solver_accepted=mean(used, "solver_accepted"),
+                                 solver_rejected=mean(used, "solver_rejected"), sec_per_step=mean(used, "sec_per_step"),
                                  steps=used[0].steps if used else None, **run_fields(used)))
             if used:
                 r = used[0]
                 pics += [(f"{label} on {data}: {what} ({r.id})",
                           rep.copy(r, f"{what}.png", f"fig5_6_{model}_{data}_{what}_{r.id}.png"))
                          for what in ("flow", "density")]
-    rep.add(*md_table(["data", "flow", "test NLL (nats)", "true density's NLL", "paper", "NFE-F", "s / step",
-                       "budget", "runs"], rows_md))
+    rep.add(*md_table(["data", "flow", "test NLL (nats)", "true density's NLL", "paper", "NFE-F", "steps acc./rej.",
+                       "s / step", "budget", "runs"], rows_md))
     rep.add(f"CSV: `{rep.csv('flows_ml.csv', rows_csv)}`. Test NLL ± its standard error on the family's fixed test "
             "set; the true density's NLL on the same points is the floor (docs/families/flows.md). The paper shows these as "
             "figures (samples and density along the flow), without numbers.", "")

@@ -2,7 +2,7 @@
 the paper's values (paper section 5)."""
 from __future__ import annotations
 
-from ...core.page import Page, mean, run_fields, select
+from ...core.page import Page, mean, run_fields, select, steps_cell
 from ...core.tables import fmt, md_table
 
 # Table 2 of the paper: predictive RMSE on the test set by observations per trajectory (of 100).
@@ -68,12 +68,13 @@ def details(rep: Page, runs) -> None:
         rows.append([r.id, names.get(r.model, r.model), r.c("dataset.n_obs"), fmt(r.s("test_rmse")),
                      f"{fmt(r.s('test_rmse_clockwise'), '.3f')} / {fmt(r.s('test_rmse_counter_clockwise'), '.3f')}",
                      fmt(r.s("test_rmse_median"), ".3f"), fmt(r.s("test_recon_rmse")), like,
-                     f"{fmt(r.s('nfe_forward'), '.1f')} / {fmt(r.s('nfe_backward'), '.1f')}",
+                     f"{fmt(r.s('nfe_forward'), '.1f')} / {fmt(r.s('nfe_backward'), '.1f')}", steps_cell([r]),
                      fmt(r.s("sec_per_step"), ".3f"), fmt(r.s("wall_time"), ".0f"), solver])
     if rows:
         rep.add("### Per run: test metrics, NFE per training step (forward / backward), time", "")
         rep.add(*md_table(["run", "model", "n_obs", "test_rmse", "clockwise / counter-cl.", "median",
-                           "test_recon_rmse", "test_elbo / test_nll", "NFE-F / NFE-B", "s/step", "wall s", "solver"],
+                           "test_recon_rmse", "test_elbo / test_nll", "NFE-F / NFE-B", "steps acc./rej.", "s/step", "wall s",
+                           "solver"],
                           rows))
 
 
