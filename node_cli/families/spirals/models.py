@@ -113,6 +113,8 @@ class RNNBaseline(nn.Module):
         self.time_input = m.name == "rnn_dt"
         self.rnn = CELLS[m.cell](obs_dim + int(self.time_input), int(m.hidden), batch_first=True)
         self.head = nn.Linear(int(m.hidden), 2 * obs_dim)
+        # the mean gap between the training observations: the only time step a model without time inputs knows
+        self.register_buffer("cadence", torch.ones(()))
 
     def step(self, x, gaps, h=None):
         """x [B, k, 2], gaps [B, k] (time to the next observation) -> next-point mean, logvar, hidden state."""
@@ -133,15 +135,32 @@ class RNNBaseline(nn.Module):
         return dict(test_nll=self.nll(x, t).mean().item())
 
     def forecast(self, x, t, t_out):
-        """Roll out past the last observation: predictions at t_out [k] (all after t[:, -1])."""
-        gaps = torch.cat([t[:, 1:] - t[:, :-1], t_out[0] - t[:, -1:]], 1)
-        mean, _, h = self.step(x, gaps)
+        """Predictions at t_out [k] (all after t[:, -1]), rolled out by feeding back the predicted means.
+        `rnn_dt` is told each gap. `rnn` knows no time: it is rolled out at the cadence it was trained on (one
+        prediction per `cadence` after its last observation) and its predictions are interpolated linearly onto
+        t_out, so it is asked what it learned rather than to predict at a time scale it never saw."""
+        if self.time_input:
+            gaps = torch.cat([t[:, 1:] - t[:, :-1], t_out[0] - t[:, -1:]], 1)
+            mean, _, h = self.step(x, gaps)
+            preds = [mean[:, -1:]]
+            steps = torch.diff(t_out)
+            for k in range(len(steps)):
+                mean, _, h = self.step(preds[-1], steps[k].expand(len(x), 1), h)
+                preds.append(mean)
+            return torch.cat(preds, 1)
+        cadence, last = float(self.cadence), t[:, -1]
+        count = int(math.ceil(float((t_out[-1] - last.min()) / cadence))) + 1   # rollout points needed
+        mean, _, h = self.step(x, None)
         preds = [mean[:, -1:]]
-        steps = torch.diff(t_out)
-        for k in range(len(steps)):
-            mean, _, h = self.step(preds[-1], steps[k].expand(len(x), 1), h)
+        for _ in range(count - 1):
+            mean, _, h = self.step(preds[-1], None, h)
             preds.append(mean)
-        return torch.cat(preds, 1)
+        values = torch.cat([x[:, -1:]] + preds, 1)                      # at last + cadence * (0, 1, ..., count)
+        u = ((t_out[None, :] - last[:, None]) / cadence).clamp(0, count)   # [B, k] position on that grid
+        j0 = u.floor().clamp(max=count - 1).long()
+        w = (u - j0)[..., None]
+        pick = lambda j: torch.gather(values, 1, j[..., None].expand(-1, -1, values.shape[-1]))  # noqa: E731
+        return pick(j0) * (1 - w) + pick(j0 + 1) * w
 
     def reconstruct(self, x, t):
         """(times, one-step-ahead predictions) at the observed times after the first."""

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from ...core.checks import ConfigError, choice, integer, number, positive
 from ...core.solve import ODEBlock, nfe
 from .data import CLOCKWISE, COUNTER_CLOCKWISE, generate, split
-from .models import CELLS, MODELS, LatentODE, build_model, rmse
+from .models import CELLS, MODELS, LatentODE, RNNBaseline, build_model, rmse
 
 REFERENCE_RTOL = 1e-7   # the tight solve that `extrap_solver_error` compares the run's solver settings with
 
@@ -39,6 +39,8 @@ class SpiralTask:
         self.train, self.test = train.to(device), test.to(device)
         self.train_x, self.train_t = self.train.observations()
         self.model = build_model(cfg.model, cfg.solver).to(device)
+        if isinstance(self.model, RNNBaseline):   # the time step the plain RNN learns: its data's mean gap
+            self.model.cadence.fill_(training_cadence(self.train_t))
         self.batch_size = min(int(cfg.trainer.batch_size), len(self.train))
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
 
@@ -83,7 +85,19 @@ class SpiralTask:
         return dict(test_rmse=rmse(pred, truth), **result, test_recon_rmse=rmse(rec, rec_truth),
                     test_rmse_clockwise=rmse_of(CLOCKWISE), test_rmse_counter_clockwise=rmse_of(COUNTER_CLOCKWISE),
                     test_rmse_median=per_traj.sqrt().median().item(),
+                    **horizons(pred, truth), test_rmse_traj_mean=per_traj.sqrt().mean().item(),
+                    test_rmse_hold_last=rmse(hold_last(x, truth), truth),
+                    test_rmse_window=self.window_rmse(test, x, t),
                     test_trajectories=len(test), eval_nfe_forward=f1 - f0)
+
+    @torch.no_grad()
+    def window_rmse(self, test, x, t):
+        """RMSE against the clean spiral at all n_points window times, for a model that predicts at any time
+        (the latent ODE); None for the RNNs, which predict only at their observation times (test_recon_rmse)."""
+        if not isinstance(self.model, LatentODE):
+            return None
+        window = test.times[: test.n_points]
+        return rmse(self.model.forecast(x, t, window), test.truth[:, : test.n_points])
 
     def memory_batch(self):
         return self.train_x[: self.batch_size], self.train_t[: self.batch_size]
@@ -115,6 +129,24 @@ class SpiralTask:
         self.model.train()
         return dict(extrap_solver_error=rmse(pred, exact), extrap_solver_error_reference=f"dopri5 rtol {rtol:g}",
                     extrap_nfe_forward_reference=ref.nfe_forward)
+
+
+def training_cadence(t: torch.Tensor) -> float:
+    """The mean gap between consecutive observation times of the training trajectories t [N, n_obs]."""
+    return torch.diff(t, dim=1).mean().item()
+
+
+def hold_last(x: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The calibration forecast: each trajectory's last observation, held at every target time."""
+    return x[:, -1:].expand(-1, truth.shape[1], -1)
+
+
+HORIZONS = (10, 25, 50)
+
+
+def horizons(pred: torch.Tensor, truth: torch.Tensor) -> dict:
+    """test_rmse_hN: the RMSE over the first N extrapolated points (None where there are fewer)."""
+    return {f"test_rmse_h{n}": rmse(pred[:, :n], truth[:, :n]) if truth.shape[1] >= n else None for n in HORIZONS}
 
 
 def build(cfg, device):
