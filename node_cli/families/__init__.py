@@ -14,6 +14,7 @@ FAMILIES = {
     "classify": "node_cli.families.mnist",
     "latent": "node_cli.families.spirals",
     "flow": "node_cli.families.flows",
+    "dynamics": "node_cli.families.dynamics",
 }
 
 
