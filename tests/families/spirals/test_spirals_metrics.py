@@ -53,3 +53,19 @@ def test_the_plain_rnn_is_rolled_out_at_its_training_cadence_and_interpolated():
     torch.testing.assert_close(pred, expected)
     model.time_input = True                                                         # rnn_dt: one step per target
     assert model.forecast(x, t, t_out)[0, :, 0].tolist() == [5.0, 6.0, 7.0]
+
+
+def test_table2_spread_and_the_two_sd_margin():
+    from pathlib import Path
+
+    from node_cli.core.rundir import Run
+    from node_cli.families.spirals.report import margins, spread
+
+    runs = [Run(Path(f"r{i}"), summary={"test_rmse": v}) for i, v in enumerate((1.0, 2.0, 3.0))]
+    assert spread(runs, "test_rmse") == pytest.approx(1.0)                   # sample sd of 1, 2, 3
+    assert spread(runs[:1], "test_rmse") is None
+    cells = {("latent_ode", 30): (0.5, 0.1), ("rnn", 30): (1.0, 0.1),        # 0.5 > 2 * sqrt(0.02) = 0.283
+             ("rnn_dt", 30): (0.7, 0.1), ("hold_last", 30): (2.3, 0.0)}      # 0.2 < 0.283
+    line = margins(cells, [30])[0]
+    assert "by more than two combined standard deviations: RNN at 30, hold-last at 30" in line
+    assert "not by that margin: RNN + time gaps at 30" in line
