@@ -27,7 +27,7 @@ def dynamics(rep: Page) -> None:
         test, train = mean(used, "test_mse"), mean(used, "train_mse")
         nfe_f, nfe_b = mean(used, "nfe_forward"), mean(used, "nfe_backward")
         steps = used[0].steps if used else None
-        rows_md.append([system, field, fmt(test), fmt(train), f"{fmt(nfe_f, '.1f')} / {fmt(nfe_b, '.1f')}",
+        rows_md.append([system, field, fmt(test, ".3g"), fmt(train, ".3g"), f"{fmt(nfe_f, '.1f')} / {fmt(nfe_b, '.1f')}",
                         f"{steps} steps" if used else "no finished run", fmt(mean(used, "wall_time"), ".0f"),
                         rep.runs_cell(used, skipped)])
         rows_csv.append(dict(system=system, field=field, test_mse=test, train_mse=train, nfe_forward=nfe_f,

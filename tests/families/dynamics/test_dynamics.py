@@ -2,6 +2,7 @@
 protocol against an independent computation, bad input, and a tiny run of each experiment with its figures."""
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,19 @@ def test_a_tiny_run_of_each_experiment_writes_every_figure(node_run, tmp_path, a
     with Image.open(run_dir / "training.gif") as gif:
         assert gif.n_frames == len(evaluations) == summary["gif_frames"]
         assert gif.size[0] >= 200 and gif.size[1] >= 200
+    if system == "spiral":      # node-report's section: the systems x fields table and the copied phase figure
+        import subprocess
+        import sys
+        rep = subprocess.run([sys.executable, "-c", "import sys; from node_cli.report.cli import main; "
+                              "sys.exit(main(sys.argv[1:]))", str(tmp_path), "--out", str(tmp_path / "report")],
+                             capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert rep.returncode == 0, rep.stderr[-3000:]
+        md = (tmp_path / "report" / "report.md").read_text()
+        section = md[md.index("## Dynamics"):]
+        row = next(line for line in section.splitlines() if line.startswith("| spiral | 2-50-2 tanh |"))
+        assert row.split("|")[3].strip() == format(summary["test_mse"], ".3g")
+        copied = [f for f in (tmp_path / "report").iterdir() if f.name.startswith("dynamics_spiral_")]
+        assert len(copied) == 1 and copied[0].read_bytes() == (run_dir / "phase.png").read_bytes()
 
 
 def test_the_phase_plot_draws_the_true_and_the_learned_trajectories(compose, solver_cfg):
