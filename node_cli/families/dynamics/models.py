@@ -37,13 +37,14 @@ class FieldMLP(nn.Module):
 
 
 class DynamicsModel(nn.Module):
-    """y(t) for the times t from y0 [..., 2]: returns [T, ..., 2]."""
+    """y(t) for the times t from y0 [..., dim] (dim 2, or 1 for the crossing map): returns [T, ..., dim]."""
 
-    def __init__(self, m, solver_cfg, field: nn.Module | None = None):
+    def __init__(self, m, solver_cfg, field: nn.Module | None = None, dim: int = 2):
         super().__init__()
+        self.dim = dim
         self.augment_dim = int(m.get("augment_dim", 0) or 0)
-        dim = 2 + self.augment_dim
-        self.ode = ODEBlock(field if field is not None else FieldMLP(dim, widths(m), str(m.activation)), solver_cfg)
+        width = dim + self.augment_dim
+        self.ode = ODEBlock(field if field is not None else FieldMLP(width, widths(m), str(m.activation)), solver_cfg)
 
     def augment(self, y0: torch.Tensor) -> torch.Tensor:
         if not self.augment_dim:
@@ -51,13 +52,13 @@ class DynamicsModel(nn.Module):
         return torch.cat([y0, y0.new_zeros(*y0.shape[:-1], self.augment_dim)], -1)
 
     def forward(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.ode(self.augment(y0), t)[..., :2]
+        return self.ode(self.augment(y0), t)[..., :self.dim]
 
     @torch.no_grad()
     def field_at(self, y: torch.Tensor) -> torch.Tensor:
-        """The learned field at the points y [..., 2] (the augmented channels at 0, their components dropped)."""
-        return self.ode.field.field(None, self.augment(y))[..., :2]
+        """The learned field at the points y [..., dim] (the augmented channels at 0, their components dropped)."""
+        return self.ode.field.field(None, self.augment(y))[..., :self.dim]
 
 
-def build_model(m, solver_cfg) -> DynamicsModel:
-    return DynamicsModel(m, solver_cfg)
+def build_model(m, solver_cfg, dim: int = 2) -> DynamicsModel:
+    return DynamicsModel(m, solver_cfg, dim=dim)

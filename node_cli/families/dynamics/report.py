@@ -37,10 +37,12 @@ def dynamics(rep: Page) -> None:
                       rows_md))
     rep.add(f"CSV: `{rep.csv('dynamics.csv', rows_csv)}`. test MSE: the extrapolated last part of the trajectory, "
             "solved from the true state at the split, against the noise-free truth (docs/families/dynamics.md).", "")
-    copied = [(s, f, r, rep.copy(r, "phase.png", f"dynamics_{s}_{r.id}.png")) for s, f, r in figures]
+    copied = [(s, f, r, rep.copy(r, "trajectories.png" if s == "crossing" else "phase.png", f"dynamics_{s}_{r.id}.png"))
+              for s, f, r in figures]
     rep.mark([r for _, _, r, name in copied if name], "Dynamics phase portraits")
     if any(name for *_, name in copied):
-        rep.add("### Phase portraits: true and learned trajectories (each run's own figure)", "")
+        rep.add("### Phase portraits: true and learned trajectories (each run's own figure; crossing: x(t) of "
+                "anode_crossing)", "")
         rep.add(*[f"- {s}, field {f} ({r.id}): ![{s}]({name})" for s, f, r, name in copied if name], "")
 
 

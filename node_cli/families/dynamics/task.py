@@ -23,6 +23,8 @@ from ...core.solve import nfe
 from .data import SYSTEMS, TrueField, generate
 from .models import ACTIVATIONS, build_model
 
+CROSSING = "crossing"     # experiment=anode_crossing: the 1-D map g(+-1) = -+1 (crossing.py)
+
 
 def grid_box(truth: torch.Tensor, margin: float = 0.25, n: int = 15) -> torch.Tensor:
     """A grid of points [n, n, 2] covering the trajectory's box plus a margin: where the fields are drawn."""
@@ -112,6 +114,10 @@ class DynamicsTask:
 
 
 def build(cfg, device):
+    if cfg.dataset.system == CROSSING:
+        check(cfg)
+        from .crossing import CrossingTask
+        return CrossingTask(cfg, device)
     return DynamicsTask(cfg, device)
 
 
@@ -119,7 +125,7 @@ def check(cfg) -> None:
     d, m = cfg.dataset, cfg.model
     choice(d.name, "dataset", ("dynamics",))
     choice(m.name, "model", ("field",))
-    choice(d.system, "dataset.system", SYSTEMS)
+    choice(d.system, "dataset.system", SYSTEMS + (CROSSING,))
     integer(d.n_points, "dataset.n_points", 4)
     integer(d.seed, "dataset.seed", 0)
     number(d.t_start, "dataset.t_start")

@@ -194,3 +194,23 @@ def test_the_phase_plot_draws_the_true_and_the_learned_trajectories(compose, sol
     # the true field, not the learned one, gives the truth
     task.model.ode = ODEBlock(task.true_field(), solver_cfg(rtol=1e-8, atol=1e-9, adjoint=False))
     assert np.abs(trajectories(task)["learned"] - tr["truth"]).max() < 1e-4
+
+
+def test_anode_crossing_plain_cannot_fit_and_augmented_does(node_run, tmp_path, assert_png):
+    """g(1) = -1, g(-1) = 1: a plain neural ODE's trajectories cannot cross (MSE stays near 1), one augmented
+    channel lets them pass each other (MSE near 0), at the same small budget."""
+    results = {}
+    for aug in (0, 1):
+        run_dir = tmp_path / f"aug{aug}"
+        out = node_run("experiment=anode_crossing", f"model.augment_dim={aug}", "trainer.epochs=60",
+                       "trainer.eval_every=30", "trainer.progress=false", f"hydra.run.dir={run_dir}")
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[aug] = json.loads((run_dir / "summary.json").read_text())
+        assert_png(run_dir / "trajectories.png")
+    plain, augmented = results[0], results[1]
+    assert plain["test_mse"] > 0.9                                    # the order of 1 and -1 is kept
+    assert plain["x1_from_plus_one"] >= plain["x1_from_minus_one"]
+    assert augmented["test_mse"] < 0.01
+    assert augmented["x1_from_plus_one"] < 0 < augmented["x1_from_minus_one"]
+    # the augmented field maps 2 -> 2 (hidden 32): (2*32 + 32) + (32*2 + 2) parameters, the plain one 1 -> 1
+    assert augmented["n_parameters_field"] == 162 and plain["n_parameters_field"] == (32 + 32) + (32 + 1)
