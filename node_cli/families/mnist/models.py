@@ -4,6 +4,7 @@ Parameter counts (64 channels): ODE-Net and RK-Net 208,266; ResNet with 6 blocks
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
@@ -17,7 +18,10 @@ MODELS = ("odenet", "rknet", "resnet", "mlp")
 
 
 def norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels), channels)
+    """GroupNorm(min(32, C)) as the reference example; where that does not divide C (an augmented field's
+    64 + K channels), the largest group count that divides both 32 and C."""
+    groups = min(32, channels)
+    return nn.GroupNorm(groups if channels % groups == 0 else math.gcd(32, channels), channels)
 
 
 @lru_cache(maxsize=32)
@@ -89,6 +93,19 @@ def head(c: int, classes: int = 10) -> nn.Sequential:
     return nn.Sequential(norm(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes))
 
 
+class Augmented(nn.Module):
+    """An augmented neural ODE (Dupont, Doucet, Teh 2019): `extra` zero channels appended to the state before the
+    ODE block and dropped after it, so the flow has room to move trajectories past each other."""
+
+    def __init__(self, block: nn.Module, channels: int, extra: int):
+        super().__init__()
+        self.block, self.channels, self.extra = block, channels, extra
+
+    def forward(self, x):
+        zeros = x.new_zeros(x.shape[0], self.extra, *x.shape[2:])
+        return self.block(torch.cat([x, zeros], 1))[:, : self.channels]
+
+
 def build_mnist_model(model_cfg, solver_cfg) -> nn.Module:
     name = model_cfg.name
     if name == "mlp":
@@ -103,7 +120,11 @@ def build_mnist_model(model_cfg, solver_cfg) -> nn.Module:
         if name == "rknet" and solver_cfg.adjoint:
             raise ConfigError("model=rknet backpropagates through the solver: set solver.adjoint=false "
                               "(or use model=odenet for the adjoint)")
-        middle = ODEBlock(ConvField(c), solver_cfg, t1=model_cfg.t1, fast_rk=bool(model_cfg.get("fast_rk", False)))
+        extra = int(model_cfg.get("augment_dim", 0) or 0)
+        middle = ODEBlock(ConvField(c + extra), solver_cfg, t1=model_cfg.t1,
+                          fast_rk=bool(model_cfg.get("fast_rk", False)))
+        if extra:
+            middle = Augmented(middle, c, extra)
     else:
         raise ConfigError(f"unknown model {name!r} for MNIST; accepted: {', '.join(MODELS)}")
     return nn.Sequential(downsampling(c), middle, head(c))

@@ -136,7 +136,7 @@ def check(cfg) -> None:
     text(d.root, "dataset.root", allow_none=True)
     boolean(d.download, "dataset.download")
     boolean(d.augment, "dataset.augment")
-    for key, low in (("channels", 1), ("blocks", 1), ("hidden", 1)):
+    for key, low in (("channels", 1), ("blocks", 1), ("hidden", 1), ("augment_dim", 0)):
         if key in m:
             integer(m[key], f"model.{key}", low)
     if "t1" in m:

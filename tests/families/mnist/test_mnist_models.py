@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from node_cli.core.measure import activation_bytes, count_parameters, peak_memory
-from node_cli.core.solve import nfe
+from node_cli.core.solve import ODEBlock, nfe
 from node_cli.families.mnist.models import ConcatConv2d, build_mnist_model
 from node_cli.families.mnist.task import random_crop
 
@@ -85,3 +85,21 @@ def test_concat_conv_is_the_convolution_of_the_concatenated_time_channel():
     inputs = (x, t, conv.conv.weight, conv.conv.bias)
     for a, b in zip(torch.autograd.grad(got.pow(2).sum(), inputs), torch.autograd.grad(wanted.pow(2).sum(), inputs)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("extra", [1, 32])
+def test_augmented_odenet_solves_a_wider_state_and_counts_its_parameters(solver_cfg, extra):
+
+    m = OmegaConf.create(dict(name="odenet", channels=64, t1=1.0, augment_dim=extra, fast_rk=False))
+    model = build_mnist_model(m, solver_cfg(rtol=1e-2, atol=1e-2))
+    w = 64 + extra   # by hand: two 3x3 convolutions of w + 1 -> w channels with biases, three GroupNorms of w
+    field = 2 * (w * (w + 1) * 9 + w) + 3 * 2 * w
+    plain = 2 * (64 * 65 * 9 + 64) + 3 * 2 * 64
+    assert count_parameters(model) == 208_266 - plain + field
+    seen = {}
+    block = next(mod for mod in model.modules() if isinstance(mod, ODEBlock))
+    block.register_forward_hook(lambda mod, inp, out: seen.update(state=inp[0], out=out))
+    logits = model(torch.randn(3, 1, 28, 28))
+    assert logits.shape == (3, 10)
+    assert seen["state"].shape[1] == w and torch.all(seen["state"][:, 64:] == 0)   # appended zero channels
+    assert seen["out"][:, 64:].abs().sum() > 0                                   # which the flow uses
