@@ -39,7 +39,7 @@ def test_every_family_command_and_spec_is_offered():
             assert cmds[name] is cmd and callable(cmd.run) and callable(cmd.add_arguments)
     assert {"step", "memory"} <= set(cmds) and all(cmds[n].default for n in ("step", "memory"))
     assert specs() == {f.name: f.bench for f in families.every() if f.bench is not None}
-    assert set(specs()) == {"spirals", "flows"}
+    assert {"spirals", "flows"} <= set(specs())          # a new family with a BenchSpec adds its row, no edit here
 
 
 def test_families_bad_choice_is_one_line(capsys):
