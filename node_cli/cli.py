@@ -18,13 +18,11 @@ from .core.checks import ConfigError, DataError, one_line, validate
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
 from .core.rundir import CHECKPOINT, CLAIM, SUMMARY, claim, holds_run, load_checkpoint, read_summary
-from .experiment import execute, report_lines
+from .experiment import FAILED, INTERRUPTED, execute, finish
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
                "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--shell-completion", "-sc")
 MAX_PRECHECK = 256
-FAILED: list[str] = []        # jobs of this process that did not finish with status ok
-INTERRUPTED: list[str] = []   # jobs of this process that were stopped (their summary says so)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://node_cli.conf", config_name="config")
@@ -64,19 +62,6 @@ def requeued(cfg, out_dir) -> dict:
     print(f"node-run: {folder} holds this job's interrupted run: continuing from step {ckpt['step']}",
           file=sys.stderr, flush=True)
     return dict(resume=ckpt, history=history)
-
-
-def finish(summary: dict, out_dir) -> None:
-    """Print the run's report; a stopped run stops the whole command, a failed one is counted."""
-    print("\n".join(report_lines(summary, out_dir)), flush=True)
-    if summary["status"] == "interrupted":
-        INTERRUPTED.append(str(out_dir))
-        raise KeyboardInterrupt   # the summary is written; stop the whole command, sweeps included
-    if summary["status"] != "ok":
-        kept = "last good checkpoint kept" if (Path(out_dir) / CHECKPOINT).is_file() else "no checkpoint yet"
-        print(f"node-run: error: run {summary['status']}: {summary['error']} "
-              f"(summary in {Path(out_dir) / SUMMARY}; {kept})", file=sys.stderr, flush=True)
-        FAILED.append(str(out_dir))
 
 
 class SweepStatus(Callback):
@@ -226,16 +211,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
     sys.argv = [sys.argv[0]] + argv
-    from node_cli import cli as installed   # SweepStatus's module: not this one under `python -m node_cli.cli`
     try:
         with stop.watch(immediate=True):
             run()
     except KeyboardInterrupt:
-        stopped = INTERRUPTED + installed.INTERRUPTED
+        stopped = INTERRUPTED
         print(f"node-run: interrupted; {Path(stopped[-1]) / SUMMARY} says so" if stopped else
               "node-run: interrupted before a run started", file=sys.stderr)
         sys.exit(128 + (stop.last_signal or 2))
-    if FAILED or installed.FAILED:
+    if FAILED:
         sys.exit(1)
 
 

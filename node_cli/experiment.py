@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import sys
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -14,9 +16,11 @@ from .core.checks import ConfigError, DataError, one_line, resolve_device, valid
 from .core.clock import provenance
 from .core.compose import compose
 from .core.measure import count_parameters
-from .core.rundir import RunDir
+from .core.rundir import CHECKPOINT, SUMMARY, RunDir
 
 log = logging.getLogger("node_run")
+FAILED: list[str] = []        # runs of this process that did not finish with status ok (node-run's exit status)
+INTERRUPTED: list[str] = []   # runs of this process that were stopped (their summary says so)
 
 
 def configure(overrides: list[str]):
@@ -106,3 +110,16 @@ def report_lines(summary: dict, out_dir) -> list[str]:
                      f"peak {summary['peak_memory_bytes'] / 2**20:.2f} MiB ({summary['peak_memory_method']})")
     lines.append(f"  {'outputs':<18} {out_dir}")
     return lines
+
+
+def finish(summary: dict, out_dir) -> None:
+    """Print the run's report; a stopped run stops the whole command, a failed one is counted."""
+    print("\n".join(report_lines(summary, out_dir)), flush=True)
+    if summary["status"] == "interrupted":
+        INTERRUPTED.append(str(out_dir))
+        raise KeyboardInterrupt   # the summary is written; stop the whole command, sweeps included
+    if summary["status"] != "ok":
+        kept = "last good checkpoint kept" if (Path(out_dir) / CHECKPOINT).is_file() else "no checkpoint yet"
+        print(f"node-run: error: run {summary['status']}: {summary['error']} "
+              f"(summary in {Path(out_dir) / SUMMARY}; {kept})", file=sys.stderr, flush=True)
+        FAILED.append(str(out_dir))

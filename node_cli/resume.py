@@ -96,10 +96,9 @@ def lock(folder: Path):
 
 
 def main(argv: list[str]) -> None:
-    from . import cli
     from .core import stop
     from .core.checks import validate
-    from .experiment import execute
+    from .experiment import FAILED, execute, finish
     from . import families
 
     try:
@@ -121,7 +120,7 @@ def main(argv: list[str]) -> None:
     try:
         with stop.watch(immediate=True):
             summary = execute(cfg, folder, resume=ckpt, history=history)
-        cli.finish(summary, folder)
+        finish(summary, folder)
     except (ConfigError, DataError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
@@ -131,5 +130,5 @@ def main(argv: list[str]) -> None:
     finally:
         logger.removeHandler(handler)
         os.close(held)
-    if cli.FAILED:
+    if FAILED:
         sys.exit(1)

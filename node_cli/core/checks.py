@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -130,8 +131,7 @@ def validate(cfg) -> None:
     positive(cfg.dataset.get("limit"), "dataset.limit", integer=True, allow_none=True)
     choice(cfg.device, "device", DEVICES)
     boolean(cfg.get("deterministic", False), "deterministic")
-    from .views import check as check_logger
-    check_logger(cfg.get("logger", "none"))
+    logger(cfg.get("logger", "none"))
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
 
@@ -156,6 +156,16 @@ def _solver_options(s) -> None:
     positive(s.get("adjoint_atol"), "solver.adjoint_atol", allow_none=True)
     if s.get("adjoint_method") is not None:
         choice(s.adjoint_method, "solver.adjoint_method", SOLVERS)
+
+
+LOGGERS = ("none", "csv", "tensorboard")   # live views of metrics.jsonl (core/views.py)
+
+
+def logger(name) -> None:
+    choice(name, "logger", LOGGERS)
+    if name == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'node-run[tensorboard]' "
+                          "(or use logger=csv)")
 
 
 def resolve_device(name: str) -> torch.device:

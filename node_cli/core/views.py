@@ -3,21 +3,8 @@ table) and `logger=tensorboard` writes TensorBoard event files under `tensorboar
 at its step). metrics.jsonl stays the record node-report reads; a view only receives the same rows."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-
-from .checks import ConfigError, choice
-
-LOGGERS = ("none", "csv", "tensorboard")
-
-
-def check(name) -> None:
-    choice(name, "logger", LOGGERS)
-    if name == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'node-run[tensorboard]' "
-                          "(or use logger=csv)")
-
 
 class CsvView:
     """metrics.csv, rewritten from metrics.jsonl at every row (one row per evaluation: small), so its columns
@@ -53,7 +40,7 @@ class TensorBoardView:
 
 
 def open_view(name: str | None, path: Path, metrics: Path):
+    """The view `logger` names (checked by core.checks.logger), or None."""
     if name in (None, "none"):
         return None
-    check(name)
     return CsvView(path, metrics) if name == "csv" else TensorBoardView(path)

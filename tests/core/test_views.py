@@ -6,7 +6,7 @@ import json
 import pytest
 
 from node_cli.core.checks import ConfigError
-from node_cli.core.views import check
+from node_cli.core.checks import logger as check
 
 NF = ["experiment=nf_moons", "trainer=quick", "trainer.max_steps=4", "trainer.eval_every=2", "model.depth=2",
       "dataset.test_size=100", "trainer.progress=false"]

@@ -62,3 +62,13 @@ class DynamicsModel(nn.Module):
 
 def build_model(m, solver_cfg, dim: int = 2) -> DynamicsModel:
     return DynamicsModel(m, solver_cfg, dim=dim)
+
+
+@torch.no_grad()
+def predict(model, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(seen, extrapolated): the learned trajectory on the seen part from the true y0 [n_train, 2], and on the
+    extrapolated part from the true state at the split [T - n_train, 2]."""
+    k = data.n_train
+    seen = model(data.truth[0], data.t[:k])
+    ext = model(data.truth[k - 1], data.t[k - 1:])[1:]
+    return seen, ext

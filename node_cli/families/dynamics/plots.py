@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .task import predict
+from .models import predict
 
 
 def _plt():

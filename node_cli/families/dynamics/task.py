@@ -21,7 +21,7 @@ from omegaconf import ListConfig
 from ...core.checks import ConfigError, choice, integer, number
 from ...core.solve import nfe
 from .data import SYSTEMS, TrueField, generate
-from .models import ACTIVATIONS, build_model
+from .models import ACTIVATIONS, build_model, predict
 
 CROSSING = "crossing"     # experiment=anode_crossing: the 1-D map g(+-1) = -+1 (crossing.py)
 
@@ -34,16 +34,6 @@ def grid_box(truth: torch.Tensor, margin: float = 0.25, n: int = 15) -> torch.Te
     ys = torch.linspace(float(lo[1] - pad[1]), float(hi[1] + pad[1]), n)
     gx, gy = torch.meshgrid(xs, ys, indexing="xy")
     return torch.stack([gx, gy], -1)
-
-
-@torch.no_grad()
-def predict(model, data) -> tuple[torch.Tensor, torch.Tensor]:
-    """(seen, extrapolated): the learned trajectory on the seen part from the true y0 [n_train, 2], and on the
-    extrapolated part from the true state at the split [T - n_train, 2]."""
-    k = data.n_train
-    seen = model(data.truth[0], data.t[:k])
-    ext = model(data.truth[k - 1], data.t[k - 1:])[1:]
-    return seen, ext
 
 
 class DynamicsTask:

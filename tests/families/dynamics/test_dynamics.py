@@ -3,7 +3,6 @@ protocol against an independent computation, bad input, and a tiny run of each e
 import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from omegaconf import OmegaConf
 
 from node_cli.core.checks import ConfigError
 from node_cli.core.solve import ODEBlock
-from node_cli.families.dynamics.data import LINEAR, LV, START, SYSTEMS, TrueField, generate, matrix, solve_true
+from node_cli.families.dynamics.data import LINEAR, LV, START, SYSTEMS, TrueField, generate, matrix
 from node_cli.families.dynamics.models import DynamicsModel
 from node_cli.families.dynamics.plots import trajectories
 from node_cli.families.dynamics.task import DynamicsTask, check
