@@ -10,8 +10,8 @@ from ..base import BenchSpec, Family, lazy
 FAMILY = Family(
     name="dynamics", task="dynamics", models=("field",), headline=("test_mse",),
     build=lazy(f"{__name__}.task:build"), check=lazy(f"{__name__}.task:check"),
-    experiment_of=lambda run: ("anode_crossing" if run.c("dataset.system") == "crossing"
-                               else f"dynamics_{run.c('dataset.system')}"),
+    experiment_of=lambda run: {"crossing": "anode_crossing", "annuli": "anode_annuli"}.get(
+        run.c("dataset.system"), f"dynamics_{run.c('dataset.system')}"),
     sections=lazy(f"{__name__}.report:sections"),
     # the reference script (torchdiffeq's ode_demo.py) solves at odeint's defaults
     bench=BenchSpec("dynamics_spiral", ("solver.rtol=1e-7", "solver.atol=1e-9"), "test_mse"),

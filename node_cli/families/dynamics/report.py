@@ -37,7 +37,8 @@ def dynamics(rep: Page) -> None:
                       rows_md))
     rep.add(f"CSV: `{rep.csv('dynamics.csv', rows_csv)}`. test MSE: the extrapolated last part of the trajectory, "
             "solved from the true state at the split, against the noise-free truth (docs/families/dynamics.md).", "")
-    copied = [(s, f, r, rep.copy(r, "trajectories.png" if s == "crossing" else "phase.png", f"dynamics_{s}_{r.id}.png"))
+    figure = {"crossing": "trajectories.png", "annuli": "annuli.png"}
+    copied = [(s, f, r, rep.copy(r, figure.get(s, "phase.png"), f"dynamics_{s}_{r.id}.png"))
               for s, f, r in figures]
     rep.mark([r for _, _, r, name in copied if name], "Dynamics phase portraits")
     if any(name for *_, name in copied):

@@ -24,6 +24,7 @@ from .data import SYSTEMS, TrueField, generate
 from .models import ACTIVATIONS, build_model, predict
 
 CROSSING = "crossing"     # experiment=anode_crossing: the 1-D map g(+-1) = -+1 (crossing.py)
+ANNULI = "annuli"         # experiment=anode_annuli: the 2-D disk inside an annulus (annuli.py)
 
 
 def grid_box(truth: torch.Tensor, margin: float = 0.25, n: int = 15) -> torch.Tensor:
@@ -104,6 +105,10 @@ class DynamicsTask:
 
 
 def build(cfg, device):
+    if cfg.dataset.system == ANNULI:
+        check(cfg)
+        from .annuli import AnnuliTask
+        return AnnuliTask(cfg, device)
     if cfg.dataset.system == CROSSING:
         check(cfg)
         from .crossing import CrossingTask
@@ -115,7 +120,7 @@ def check(cfg) -> None:
     d, m = cfg.dataset, cfg.model
     choice(d.name, "dataset", ("dynamics",))
     choice(m.name, "model", ("field",))
-    choice(d.system, "dataset.system", SYSTEMS + (CROSSING,))
+    choice(d.system, "dataset.system", SYSTEMS + (CROSSING, ANNULI))
     integer(d.n_points, "dataset.n_points", 4)
     integer(d.seed, "dataset.seed", 0)
     number(d.t_start, "dataset.t_start")

@@ -213,3 +213,23 @@ def test_anode_crossing_plain_cannot_fit_and_augmented_does(node_run, tmp_path, 
     assert augmented["x1_from_plus_one"] < 0 < augmented["x1_from_minus_one"]
     # the augmented field maps 2 -> 2 (hidden 32): (2*32 + 32) + (32*2 + 2) parameters, the plain one 1 -> 1
     assert augmented["n_parameters_field"] == 162 and plain["n_parameters_field"] == (32 + 32) + (32 + 1)
+
+
+def test_anode_annuli_plain_flow_cannot_separate_and_augmented_does(node_run, tmp_path, assert_png):
+    """The 2-D version: after 200 full-batch steps the plain flow is still far from the labels (it would have to
+    tear the plane), the augmented one is close; both write the before/after figure."""
+    from node_cli.families.dynamics.annuli import sample
+
+    x, y = sample(100, torch.Generator().manual_seed(0))
+    r = x.norm(dim=1)
+    assert torch.all((y < 0) == (r <= 0.5)) and torch.all((r[y > 0] >= 1.0) & (r[y > 0] <= 1.5))
+    mse = {}
+    for aug in (0, 1):
+        out = tmp_path / f"a{aug}"
+        res = node_run("experiment=anode_annuli", f"model.augment_dim={aug}", "trainer.epochs=200",
+                       "trainer.eval_every=100", "trainer.progress=false", f"hydra.run.dir={out}")
+        assert res.returncode == 0, res.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        mse[aug] = summary["test_mse"]
+        assert_png(out / "annuli.png")
+    assert mse[0] > 0.3 and mse[1] < 0.1 and mse[1] < mse[0] / 5
