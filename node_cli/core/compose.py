@@ -51,6 +51,16 @@ def experiment_defaults(name: str) -> dict | None:
     return OmegaConf.to_container(compose([f"experiment={name}"]), resolve=True)
 
 
+def flat(node, prefix: str = "") -> dict:
+    """A nested dict as {dotted key: leaf value}."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    out = {}
+    for k, v in node.items():
+        out.update(flat(v, f"{prefix}{k}."))
+    return out
+
+
 def keys(node, prefix: str = "") -> list[str]:
     """Every dotted key of a composed config (its leaves and inner nodes), Hydra's own `hydra.*` aside."""
     from omegaconf import DictConfig

@@ -13,18 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 from . import tables
-from .compose import experiment_defaults
+from .compose import experiment_defaults, flat
 from .rundir import Run
 
 OPTIMIZER_KEYS = ("optimizer", "lr", "lr_batch_denom", "momentum", "weight_decay", "schedule", "min_lr_ratio")
-
-
-def _flat(node, prefix=""):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _flat(v, f"{prefix}{k}.")
-    else:
-        yield prefix[:-1], node
 
 
 def differences(run: Run, experiment: str | None, ignore=()) -> list[str]:
@@ -35,8 +27,8 @@ def differences(run: Run, experiment: str | None, ignore=()) -> list[str]:
         return []
     out = []
     for group in ("model", "solver"):
-        mine = dict(_flat(run.cfg.get(group) or {}, f"{group}."))
-        for key, value in _flat(defaults.get(group) or {}, f"{group}."):
+        mine = flat(run.cfg.get(group) or {}, f"{group}.")
+        for key, value in flat(defaults.get(group) or {}, f"{group}.").items():
             if key in mine and key not in ignore and mine[key] != value:
                 out.append(f"{key}={mine[key]}")
     mine, theirs = run.cfg.get("trainer") or {}, defaults.get("trainer") or {}

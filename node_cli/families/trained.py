@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..core.checks import ConfigError, one_line, resolve_device, validate
-from ..core.compose import nearest
+from ..core.compose import flat, nearest
 from ..core.rundir import CHECKPOINT, CONFIG, load_checkpoint
 from . import build, check
 
@@ -95,15 +95,6 @@ def evaluated_solver(cfg) -> dict:
     return solver
 
 
-def _flat(node, prefix: str = "") -> dict:
-    if not isinstance(node, dict):
-        return {prefix[:-1]: node}
-    out = {}
-    for k, v in node.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- loading
 def load_run(run_dir, device: str = "cpu", overrides: dict | None = None,
              accept: Callable | None = None) -> Loaded:
@@ -121,7 +112,7 @@ def load_run(run_dir, device: str = "cpu", overrides: dict | None = None,
             raise ValueError("not a node-run config (no task or solver)")
     except Exception as exc:  # noqa: BLE001 - unreadable or not a mapping
         raise ConfigError(f"cannot read {run_dir / CONFIG}: {one_line(exc, 200)}") from None
-    mine, theirs = _flat(OmegaConf.to_container(cfg)), _flat(ckpt["config"])
+    mine, theirs = flat(OmegaConf.to_container(cfg)), flat(ckpt["config"])
     differ = sorted(k for k in set(mine) | set(theirs)
                     if k not in RESUMABLE and mine.get(k, ...) != theirs.get(k, ...))
     if differ:

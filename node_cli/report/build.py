@@ -64,8 +64,9 @@ def runs_section(rep: Page) -> None:
     rep.problems = problems
 
 
-def build(dirs, out: Path, command: str = "node-report") -> Page:
-    runs, messages = discover(dirs)
+def build(dirs, out: Path, command: str = "node-report", found=None) -> Page:
+    """The report of the runs under `dirs` into `out`; `found`: what core.rundir.discover(dirs) already returned."""
+    runs, messages = found or discover(dirs)
     for run in runs:
         if run.cfg is not None and not known(run):
             run.problems.append(f"unknown kind: task {run.task!r}, model {run.model!r} (this report knows "

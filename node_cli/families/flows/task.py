@@ -122,10 +122,6 @@ class FlowTask:
         return dict(figures=[f.name for f in files])
 
 
-def build(cfg, device: torch.device) -> FlowTask:
-    return FlowTask(cfg, device)
-
-
 def check(cfg) -> None:
     m, d, t = cfg.model, cfg.dataset, cfg.trainer
     choice(m.name, "model", MODELS)

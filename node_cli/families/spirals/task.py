@@ -149,10 +149,6 @@ def horizons(pred: torch.Tensor, truth: torch.Tensor) -> dict:
     return {f"test_rmse_h{n}": rmse(pred[:, :n], truth[:, :n]) if truth.shape[1] >= n else None for n in HORIZONS}
 
 
-def build(cfg, device):
-    return SpiralTask(cfg, device)
-
-
 def check(cfg) -> None:
     d, m = cfg.dataset, cfg.model
     choice(d.name, "dataset", ("spirals",))

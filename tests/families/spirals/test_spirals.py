@@ -13,7 +13,7 @@ from node_cli.core.rundir import RunDir, read_metrics
 from node_cli.core.train import fit
 from node_cli.families.spirals.data import CLOCKWISE, COUNTER_CLOCKWISE, generate, split
 from node_cli.families.spirals.models import LatentODE, RNNBaseline
-from node_cli.families.spirals.task import build, check
+from node_cli.families.spirals.task import SpiralTask, check
 
 TINY = ["dataset.n_spirals=24", "dataset.n_obs=12", "trainer.progress=false"]
 
@@ -101,7 +101,7 @@ def test_rnn_dt_sees_the_gaps_and_rnn_does_not(config):
 def test_training_loss_decreases_on_a_tiny_data_set(config, experiment):
     cfg = config(f"experiment={experiment}", *TINY, "trainer=quick")
     torch.manual_seed(0)
-    task = build(cfg, torch.device("cpu"))
+    task = SpiralTask(cfg, torch.device("cpu"))
     optimizer = torch.optim.Adam(task.model.parameters(), lr=1e-2)
     batch = next(iter(task.train_batches(0)))
     assert batch[0].shape[0] == len(task.train)                        # full batch
@@ -117,9 +117,9 @@ def test_training_loss_decreases_on_a_tiny_data_set(config, experiment):
 
 
 def test_an_epoch_is_one_pass_over_the_training_split(config):
-    full = build(config("experiment=spiral_latent_ode", *TINY), torch.device("cpu"))
+    full = SpiralTask(config("experiment=spiral_latent_ode", *TINY), torch.device("cpu"))
     assert full.steps_per_epoch() == 1 and full.cfg.trainer.epochs == 2000       # full batch: one step an epoch
-    task = build(config("experiment=spiral_rnn", *TINY, "trainer.batch_size=5"), torch.device("cpu"))
+    task = SpiralTask(config("experiment=spiral_rnn", *TINY, "trainer.batch_size=5"), torch.device("cpu"))
     n_train = len(task.train)
     assert task.steps_per_epoch() == math.ceil(n_train / 5) > 1
     batches = list(task.train_batches(0))
@@ -134,7 +134,7 @@ def test_run_length_is_max_steps_else_epochs(config, tmp_path, budget, steps):
     cfg = config("experiment=spiral_rnn", *TINY, "trainer=quick", "trainer.batch_size=5", "trainer.eval_every=null",
                  *budget)
     torch.manual_seed(0)
-    task = build(cfg, torch.device("cpu"))
+    task = SpiralTask(cfg, torch.device("cpu"))
     per_epoch = task.steps_per_epoch()
     calls = []
     loss = task.loss
