@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ...core.solve import nfe
+from .crossing import CrossingTask
 from .models import build_model
 
 INNER, OUTER = (0.0, 0.5), (1.0, 1.5)
@@ -30,7 +31,9 @@ def sample(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tens
     return x, torch.where(inner, -1.0, 1.0)
 
 
-class AnnuliTask:
+class AnnuliTask(CrossingTask):
+    """The crossing task's full-batch training on the annuli data, with a linear readout after the flow."""
+
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device
         gen = torch.Generator().manual_seed(int(cfg.dataset.seed))
@@ -44,19 +47,6 @@ class AnnuliTask:
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.model["readout"](self.model["flow"](x, self.t)[-1]).squeeze(-1)
 
-    def steps_per_epoch(self) -> int:
-        return 1
-
-    def generators(self) -> list:
-        return []
-
-    def train_batches(self, epoch: int):
-        yield self.x, self.y
-
-    def loss(self, batch) -> torch.Tensor:
-        x, y = batch
-        return ((self.predict(x) - y) ** 2).mean()
-
     @torch.no_grad()
     def evaluate(self, limit: int | None) -> dict:
         f0, _ = nfe(self.model)
@@ -64,9 +54,6 @@ class AnnuliTask:
         f1, _ = nfe(self.model)
         return dict(test_mse=((out - self.test_y) ** 2).mean().item(),
                     test_accuracy=(out.sign() == self.test_y).float().mean().item(), eval_nfe_forward=f1 - f0)
-
-    def memory_batch(self):
-        return self.x, self.y
 
     def finish(self, run) -> dict:
         import matplotlib

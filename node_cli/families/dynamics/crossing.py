@@ -15,14 +15,20 @@ from .models import build_model
 
 
 class CrossingTask:
+    """A fixed full batch (`self.x`, `self.y`) fitted by the mean squared error of `predict(x)` (annuli.py's task
+    is the same with another data set and a readout)."""
+
     def __init__(self, cfg, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.x0 = torch.tensor([[1.0], [-1.0]], device=device)
-        self.target = -self.x0
+        self.x = torch.tensor([[1.0], [-1.0]], device=device)
+        self.y = -self.x
         self.t = torch.tensor([0.0, 1.0], device=device)
         self.model = build_model(cfg.model, cfg.solver, dim=1).to(device)
         self.batch_size = 2
         self.frames: list = []
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.t)[-1]
 
     def steps_per_epoch(self) -> int:
         return 1
@@ -31,22 +37,22 @@ class CrossingTask:
         return []
 
     def train_batches(self, epoch: int):
-        yield self.x0, self.target
+        yield self.x, self.y
 
     def loss(self, batch) -> torch.Tensor:
-        x0, target = batch
-        return ((self.model(x0, self.t)[-1] - target) ** 2).mean()
+        x, y = batch
+        return ((self.predict(x) - y) ** 2).mean()
 
     @torch.no_grad()
     def evaluate(self, limit: int | None) -> dict:
         f0, _ = nfe(self.model)
-        out = self.model(self.x0, self.t)[-1]
+        out = self.predict(self.x)
         f1, _ = nfe(self.model)
-        return dict(test_mse=((out - self.target) ** 2).mean().item(), x1_from_plus_one=out[0, 0].item(),
+        return dict(test_mse=((out - self.y) ** 2).mean().item(), x1_from_plus_one=out[0, 0].item(),
                     x1_from_minus_one=out[1, 0].item(), eval_nfe_forward=f1 - f0)
 
     def memory_batch(self):
-        return self.x0, self.target
+        return self.x, self.y
 
     @torch.no_grad()
     def paths(self, n: int = 11, points: int = 50):
