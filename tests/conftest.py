@@ -83,6 +83,18 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def grads():
+    """The gradients of sum(block(y0)^2) with respect to y0 and to every parameter of the block."""
+    def compute(block, y0):
+        block.zero_grad()
+        y0 = y0.clone().requires_grad_(True)
+        block(y0).pow(2).sum().backward()
+        return [y0.grad] + [p.grad.clone() for p in block.parameters()]
+
+    return compute
+
+
+@pytest.fixture(scope="session")
 def solver_cfg():
     """A `solver` config node: the shipped conf/solver/dopri5.yaml (every key an ODEBlock reads) with `kw` on top."""
     base = OmegaConf.load(REPO / "conf" / "solver" / "dopri5.yaml")

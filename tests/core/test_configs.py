@@ -111,6 +111,14 @@ def test_rknet_is_odenet_without_adjoint(compose):
     ("trainer.schedule=cosine trainer.milestones=[2]", "trainer.milestones"),
     ("dataset.limit=-5", "dataset.limit"),
     ("device=tpu", "device"),
+    # the solver's step and adjoint options
+    ("solver.first_step=0", "solver.first_step=0"),
+    ("solver.max_step=-1", "solver.max_step=-1"),
+    ("solver.min_step=-0.1", "solver.min_step=-0.1"),
+    ("solver.min_step=0.5 solver.max_step=0.1", "solver.min_step=0.5"),
+    ("solver.adjoint_rtol=0", "solver.adjoint_rtol=0"),
+    ("solver.adjoint_atol=-1e-3", "solver.adjoint_atol=-0.001"),
+    ("solver.adjoint_method=bogus", "unknown solver.adjoint_method 'bogus'"),
 ])
 def test_bad_values_are_refused_in_one_line(compose, override, message):
     with pytest.raises(ConfigError) as err:

@@ -26,14 +26,7 @@ class Field(nn.Module):
         return torch.tanh(self.lin(y)) * (1 + t)
 
 
-def grads(block, y0):
-    block.zero_grad()
-    y0 = y0.clone().requires_grad_(True)
-    block(y0).pow(2).sum().backward()
-    return [y0.grad] + [p.grad.clone() for p in block.parameters()]
-
-
-def test_adjoint_gradient_matches_backprop_and_finite_differences(solver):
+def test_adjoint_gradient_matches_backprop_and_finite_differences(solver, grads):
     field = Field()
     y0 = torch.tensor([[0.3, -0.5, 0.8]], dtype=torch.float64)
     adjoint = ODEBlock(field, solver(adjoint=True))
@@ -60,7 +53,7 @@ def test_adjoint_gradient_matches_backprop_and_finite_differences(solver):
         assert g_adj[0][0, k].item() == pytest.approx(fd, rel=1e-4, abs=1e-8)
 
 
-def test_seminorm_adjoint_gives_the_same_gradient_with_no_more_backward_evaluations(solver):
+def test_seminorm_adjoint_gives_the_same_gradient_with_no_more_backward_evaluations(solver, grads):
     field = Field()
     y0 = torch.tensor([[0.3, -0.5, 0.8]], dtype=torch.float64)
     full, semi = ODEBlock(field, solver(rtol=1e-6, atol=1e-8)), ODEBlock(field, solver(rtol=1e-6, atol=1e-8,
