@@ -2,6 +2,7 @@
 # the budget, the launcher and the output folder, from environment switches.
 #
 #   FULL=1         each experiment's full paper budget; default trainer=quick (a CPU budget of minutes per run)
+#   SHORT=1        trainer=short: 3 epochs with a cosine schedule (MNIST: about an hour for Table 1 on a 2-core CPU)
 #   STEPS=N        cap every run at N optimizer steps (trainer.max_steps=N), e.g. STEPS=100 to check the machinery
 #   LAUNCHER=...   joblib (default): sweep points in parallel on this machine, JOBS at a time (Hydra joblib launcher)
 #                  slurm: one SLURM job per sweep point (Hydra submitit launcher, conf/hydra/launcher/slurm.yaml;
@@ -20,7 +21,14 @@ JOBS=${JOBS:-2}
 STATUS=0
 
 BUDGET=()
-[[ "${FULL:-0}" == 1 ]] || BUDGET+=(trainer=quick)
+if [[ "${FULL:-0}" == 1 && "${SHORT:-0}" == 1 ]]; then
+    echo "$NAME: FULL=1 and SHORT=1 contradict each other; choose one" >&2
+    exit 2
+elif [[ "${SHORT:-0}" == 1 ]]; then
+    BUDGET+=(trainer=short)
+elif [[ "${FULL:-0}" != 1 ]]; then
+    BUDGET+=(trainer=quick)
+fi
 [[ -z "${STEPS:-}" ]] || BUDGET+=("trainer.max_steps=$STEPS")
 BUDGET+=(trainer.progress=false)
 

@@ -2,6 +2,7 @@
 # Table 1 of the paper (MNIST): test error, parameters, memory, time and NFE of MLP, ResNet, RK-Net and ODE-Net.
 #
 #   scripts/table1.sh                  # trainer=quick: 200 steps per model (minutes on a CPU)
+#   SHORT=1 scripts/table1.sh          # trainer=short: 3 epochs, cosine schedule (about an hour on a 2-core CPU)
 #   FULL=1 scripts/table1.sh           # the paper's schedule: 160 epochs (a GPU: LAUNCHER=slurm or device=cuda)
 #   STEPS=100 scripts/table1.sh        # cap the steps, to check the machinery
 #   scripts/table1.sh seed=0,1,2       # extra overrides for every run (here: 3 seeds, averaged in the table)

@@ -203,6 +203,25 @@ class ODEBlock(nn.Module):
         finally:
             self.kwargs = saved
 
+    @contextlib.contextmanager
+    def backward_solve(self, norm: str = "default", rtol: float | None = None, atol: float | None = None):
+        """Inside the block, gradients come from the adjoint (whatever the block was built with), its backward
+        solve with `norm` (default | seminorm) at rtol and atol (None: the forward ones); everything comes back
+        afterwards. For studies of the backward pass on a trained model (node-report tolsweep)."""
+        saved = self.adjoint, self.adjoint_kwargs
+        options = {k: v for k, v in self.adjoint_kwargs["adjoint_options"].items() if k != "norm"}
+        if norm == "seminorm":
+            options["norm"] = "seminorm"
+        elif norm != "default":
+            raise ValueError(f"norm must be 'default' or 'seminorm', not {norm!r}")
+        self.adjoint = True
+        self.adjoint_kwargs = dict(saved[1], adjoint_rtol=None if rtol is None else float(rtol),
+                                   adjoint_atol=None if atol is None else float(atol), adjoint_options=options)
+        try:
+            yield self
+        finally:
+            self.adjoint, self.adjoint_kwargs = saved
+
     def forward(self, y0, t: torch.Tensor | None = None):
         times = self.span if t is None else t
         before = self.field.calls

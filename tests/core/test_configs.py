@@ -63,6 +63,17 @@ def test_quick_keeps_the_experiment_optimizer(compose):
         assert full.trainer.lr == quick.trainer.lr and full.trainer.max_steps == 4000
 
 
+@pytest.mark.parametrize("experiment", ["mnist_mlp", "mnist_resnet", "mnist_rknet", "mnist_odenet"])
+def test_short_keeps_the_experiment_and_swaps_the_milestones_for_a_cosine(compose, experiment):
+    full, short = compose(f"experiment={experiment}"), compose(f"experiment={experiment}", "trainer=short")
+    validate(short)
+    assert short.model == full.model and short.solver == full.solver and short.dataset == full.dataset
+    for key in ("optimizer", "lr", "lr_batch_denom", "momentum", "batch_size", "weight_decay"):
+        assert short.trainer[key] == full.trainer[key], key
+    assert short.trainer.epochs < full.trainer.epochs and short.trainer.max_steps is None   # whole epochs
+    assert short.trainer.schedule == "cosine" and list(short.trainer.milestones) == []     # else validate refuses
+
+
 @pytest.mark.parametrize("group", ["model", "solver", "dataset", "trainer"])
 def test_every_group_option_composes(compose, group):
     for option in options(group):
@@ -111,6 +122,9 @@ def test_rknet_is_odenet_without_adjoint(compose):
     ("trainer.schedule=cosine trainer.milestones=[2]", "trainer.milestones"),
     ("dataset.limit=-5", "dataset.limit"),
     ("device=tpu", "device"),
+    ("threads=0", "threads=0 is not allowed: it must be an integer >= 1 or auto"),
+    ("threads=many", "threads='many' is not allowed: it must be an integer >= 1 or auto"),
+    ("threads=1.5", "threads=1.5 is not allowed"),
     # the solver's step and adjoint options
     ("solver.first_step=0", "solver.first_step=0"),
     ("solver.max_step=-1", "solver.max_step=-1"),

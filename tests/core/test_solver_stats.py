@@ -318,3 +318,25 @@ def test_a_model_without_ode_records_no_steps(tmp_path, one_thread):
     summary = fit(_trainer_cfg(), Plain(), RunDir(tmp_path), torch.device("cpu"))
     assert (summary["solver_accepted"], summary["solver_rejected"], summary["solver_min_dt"]) == (0, 0, None)
     assert all(r["solver_min_dt"] is None for r in read_metrics(tmp_path))
+
+
+def test_backward_solve_switches_a_backprop_block_to_the_adjoint_and_back(cfg, grads):
+    field = Stiff()
+    block = ODEBlock(field, cfg(adjoint=False))
+    saved = dict(block.adjoint_kwargs)
+    g_bp = grads(block, y0())                                     # backprop through the solver: no NFE-B
+    assert block.nfe_backward == 0
+    with block.backward_solve("seminorm", 1e-3, 1e-5):
+        assert block.adjoint and block.adjoint_kwargs["adjoint_options"]["norm"] == "seminorm"
+        g_adj = grads(block, y0())
+    semi_b = block.nfe_backward
+    assert semi_b > 0
+    for a, b in zip(g_adj, g_bp):                                  # same gradient by another route
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+    assert block.adjoint is False and block.adjoint_kwargs == saved
+    with block.backward_solve("default"):                          # None: the forward tolerances (tight)
+        grads(block, y0())
+    assert block.nfe_backward - semi_b > semi_b                    # tighter backward solve: more evaluations
+    with pytest.raises(ValueError, match="norm must be"):
+        with block.backward_solve("l2"):
+            pass

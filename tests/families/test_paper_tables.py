@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from node_cli.families.mnist.report import PAPER_TABLE1
+import re
+
+from node_cli.families.mnist.report import EPOCH_MATCHED, PAPER_TABLE1
 from node_cli.families.spirals.report import PAPER_TABLE2, SPIRAL_MODELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +61,15 @@ def test_table2_values_are_the_papers():
     paper = {labels[label]: dict(zip(n_obs, map(float, values))) for label, *values in rows}
     assert paper == PAPER_TABLE2
     assert n_obs == [30, 50, 100]
+
+
+def test_epoch_matched_numbers_are_papers():
+    text = " ".join(COPY.read_text(encoding="utf-8").split("Epoch-matched", 1)[1].split())
+    epochs = [int(e) for e in re.search(r"after epoch ([\d / ]+):", text).group(1).split(" / ")]
+    for label, model in [("ODE-Net (adjoint)", "odenet"), ("ResNet", "resnet"), ("RK-Net (dopri5, backprop through "
+                                                                                  "the solver)", "rknet")]:
+        values = re.search(re.escape(label) + r" ([\d. /]+)%", text).group(1).split(" / ")
+        assert EPOCH_MATCHED[model] == {e: pytest.approx(float(v) / 100, abs=1e-12) for e, v in zip(epochs, values)}
 
 
 def test_committed_copy_is_verbatim_from_paper_md():

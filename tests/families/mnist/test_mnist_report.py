@@ -154,6 +154,35 @@ def test_tolsweep_writes_its_own_folder_and_never_the_runs_files(mnist):
     assert (ode / "tolsweep_2" / "tolsweep.json").is_file() and (ode / "tolsweep" / "tolsweep.json").is_file()
 
 
+def test_tolsweep_backward_study_measures_each_adjoint_variant_against_an_independent_gradient(mnist):
+    ode = mnist["ode"]
+    result = json.loads((ode / "tolsweep" / "tolsweep.json").read_text())
+    back = result["backward"]
+    assert back["reference_tol"] == 1e-5 and back["loose"] == 10
+    rows = {(r["variant"], r["tol"]): r for r in back["rows"]}
+    assert set(rows) == {(v, t) for v in ("default", "seminorm", "adjoint tol x10") for t in (0.1, 0.01, 0.001)}
+    forward = {r["tol"]: r for r in result["rows"]}
+    for (variant, tol), r in rows.items():
+        assert r["step_nfe_forward"] == forward[tol]["nfe_forward"]      # same batch, same forward solve
+        assert r["ratio"] == pytest.approx(r["step_nfe_backward"] / r["step_nfe_forward"])
+        assert r["adjoint_tol"] == pytest.approx(tol * (10 if variant.startswith("adjoint tol") else 1))
+    # The reference, computed here another way: backprop through a float64 solve at 1e-7 on the same 8 images.
+    task, block, _, _ = tolsweep.load(ode, "cpu")
+    model = task.model.double()
+    x, y = task.images(task.test_x[:8]).double(), task.test_y[:8]
+    with block.tolerance(1e-7):
+        g_ref, _, _, _ = tolsweep.gradient(model, block, x, y)
+    model.float()
+    with block.tolerance(1e-3), block.backward_solve("default", 1e-3, 1e-3):
+        g, _, _, _ = tolsweep.gradient(model, block, x.float(), y)
+    independent = ((g - g_ref.float()).norm() / g_ref.norm()).item()
+    assert rows[("default", 0.001)]["grad_error"] == pytest.approx(independent, rel=0.2, abs=1e-5)
+    assert rows[("default", 0.001)]["grad_error"] < rows[("default", 0.1)]["grad_error"]
+    assert len(read_csv(ode / "tolsweep" / "backward.csv")) == 9
+    assert len(read_csv(mnist["out"] / "figure3_backward.csv")) == 9
+    assert "torchdiffeq issue #97" in (mnist["out"] / "report.md").read_text()
+
+
 @pytest.mark.parametrize("which, message", [
     ("mlp", "tolsweep needs a model with one ODE block"),
     ("nothing", "no checkpoint.pt in"),
@@ -164,3 +193,18 @@ def test_tolsweep_bad_input_is_one_line(mnist, tmp_path, which, message):
                        text=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0
+
+
+def test_epoch_matched_third_party_error_is_the_last_logged_epoch_not_beyond_ours():
+    from node_cli.core.rundir import Run
+    from node_cli.families.mnist.report import epoch_matched
+
+    def run(epochs, limit=None):
+        return Run(Path("."), cfg={"dataset": {"limit": limit}}, summary={"epochs": epochs})
+
+    assert epoch_matched("odenet", [run(3)]) == (2, 0.0159)          # logged at 1, 2, 5: 2 is the last not beyond 3
+    assert epoch_matched("resnet", [run(5), run(12)]) == (5, 0.0101)  # several runs: the fewest epochs among them
+    assert epoch_matched("rknet", [run(40)]) == (30, 0.0065)
+    assert epoch_matched("odenet", [run(0)]) is None                  # under one epoch: nothing logged to match
+    assert epoch_matched("odenet", [run(3, limit=1000)]) is None      # a subset of the training set: not comparable
+    assert epoch_matched("mlp", [run(3)]) is None and epoch_matched("odenet", []) is None
