@@ -4,6 +4,11 @@ holds a run, or that another node-run claimed, is refused); `run()` is the @hydr
 the run. `node-run resume=RUN_DIR` continues a run in its own folder (resume.py)."""
 from __future__ import annotations
 
+# First, before anything below loads torch: libgomp reads its wait settings once, when torch loads
+from .core.threads import prepare_environment
+
+prepare_environment()
+
 import math
 import sys
 from pathlib import Path

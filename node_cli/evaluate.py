@@ -20,6 +20,11 @@ Loading the run (config + checkpoint + the family's task with the weights): node
 """
 from __future__ import annotations
 
+# First, before anything below loads torch: libgomp reads its wait settings once, when torch loads
+from .core.threads import prepare_environment
+
+prepare_environment()
+
 import argparse
 import datetime
 import sys
@@ -31,6 +36,8 @@ import torch
 from .core.checks import DEVICES, ConfigError, DataError, one_line
 from .core.rundir import read_summary, write_json
 from .core.solve import nfe
+from .core import threads
+from .families import get as family
 from .families.trained import evaluated_solver, load_run, parse_overrides
 
 SPLITS = ("test",)
@@ -64,6 +71,7 @@ def evaluate(run_dir, overrides: list[str] | tuple = (), split: str = "test", de
     changes = parse_overrides(overrides)
     loaded = load_run(run_dir, device, changes)
     cfg, task, dev = loaded.cfg, loaded.task, loaded.device
+    used = threads.apply(cfg.get("threads", "auto"), family(cfg.task).threads)   # as node-run would train it
     tic = time.perf_counter()
     f0, _ = nfe(task.model)
     metrics = task.evaluate(None)
@@ -82,7 +90,7 @@ def evaluate(run_dir, overrides: list[str] | tuple = (), split: str = "test", de
     summary.update(eval_nfe_forward_total=f1 - f0, solver=evaluated_solver(cfg), tolerance_from=loaded.tolerance_from,
                    overrides=list(overrides), checkpoint_step=loaded.ckpt.get("step"),
                    checkpoint_final=loaded.ckpt.get("final"), checkpoint_metrics=loaded.ckpt.get("metrics"),
-                   run_status=run_status, wall_time=seconds, device=str(dev), torch=torch.__version__,
+                   run_status=run_status, wall_time=seconds, device=str(dev), torch=torch.__version__, **used,
                    created=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
     if loaded.notes:
         summary["eval_tol_note"] = " ".join(loaded.notes)

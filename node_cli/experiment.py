@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import families
-from .core import stop
+from .core import stop, threads
 from .core.checks import ConfigError, DataError, one_line, resolve_device, validate
 from .core.clock import provenance
 from .core.compose import compose
@@ -66,6 +66,9 @@ def execute(cfg, out_dir, resume: dict | None = None, history: list | None = Non
         try:
             validate(cfg)
             families.check(cfg)
+            # torch threads for this run (the summary's `threads` then says what was used, and why)
+            summary.update(threads.apply(cfg.get("threads", "auto"), families.get(cfg.task).threads))
+            log.info("%s", threads.describe(summary))
             deterministic(cfg.get("deterministic", False), device)
             torch.manual_seed(cfg.seed)
             task = families.build(cfg, device)

@@ -38,6 +38,7 @@ FLOW = ["experiment=nf_moons", "trainer=quick", "model.depth=2", "dataset.test_s
     (["solver.atol=inf"], "solver.atol=inf is not allowed"),
     (["trainer.lr=inf"], "trainer.lr=inf is not allowed"),
     (["trainer.progress=maybe"], "trainer.progress='maybe' is not allowed: it must be true or false"),
+    (["threads=0"], "threads=0 is not allowed: it must be an integer >= 1 or auto"),
     (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'"),
     (["solver.rtl=1e-3"], "(did you mean solver.rtol?)"),
     (["-m", "hydra/launcher=joblib", "seed=abc,0,1"], "seed='abc' is not allowed"),

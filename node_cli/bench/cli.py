@@ -5,11 +5,17 @@
                                     # baseline; activation bytes / peak memory against depth)
     node-bench families             # each family with a bench spec: seconds to reach the quick config's accuracy,
                                     # node-run's tolerance against the reference script's default tolerance
+    node-bench contention           # a training step idle and beside busy processes, for each thread policy
 
 Everything is written under --out (default outputs/bench/<time>/): CSV and Markdown tables, PNGs, and bench.json
 with the command, the machine and the thread count.
 """
 from __future__ import annotations
+
+# First, before anything below loads torch: libgomp reads its wait settings once, when torch loads
+from ..core.threads import prepare_environment
+
+prepare_environment()
 
 import argparse
 import datetime
@@ -23,7 +29,7 @@ import torch
 from .. import families
 from ..core.checks import ConfigError, DataError, one_line, resolve_device
 from ..core.clock import environment
-from . import families as cross
+from . import contention, families as cross
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +48,7 @@ def commands() -> dict:
 def parse(argv, cmds: dict):
     p = _Parser(prog="node-bench", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", default="all", choices=("all", *cmds, "families"),
+    p.add_argument("command", nargs="?", default="all", choices=("all", *cmds, "families", "contention"),
                    help="what to measure (default: every family's default commands: "
                         + ", ".join(n for n, c in cmds.items() if c.default) + ")")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/<time>)")
@@ -50,10 +56,17 @@ def parse(argv, cmds: dict):
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: on a shared CPU more threads "
                    "mostly wait for each other; every runner gets the same)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--families", default=",".join(cross.specs()), help="families: comma-separated of "
-                   + ",".join(cross.specs()))
+    p.add_argument("--families", default=None, help="families: comma-separated of " + ",".join(cross.specs())
+                   + " (default all); contention: of " + ",".join(contention.FAMILIES)
+                   + " (default " + ",".join(contention.DEFAULT_FAMILIES) + ")")
     p.add_argument("--family-steps", type=int, default=None, help="families: optimizer steps (default: trainer=quick)")
     p.add_argument("--eval-every", type=int, default=25, help="families: steps between evaluations (default 25)")
+    p.add_argument("--load", type=int, default=None, help="contention: busy background processes (default: one per "
+                   "core)")
+    p.add_argument("--policies", default=",".join(contention.DEFAULT_POLICIES), help="contention: thread policies, "
+                   "comma-separated of " + ",".join(contention.POLICIES))
+    p.add_argument("--cell-timeout", type=float, default=300, help="contention: seconds one cell may take before it "
+                   "is killed (default 300)")
     adders = []
     for cmd in cmds.values():
         if cmd.add_arguments not in adders:
@@ -65,7 +78,16 @@ def parse(argv, cmds: dict):
         value = getattr(args, key)
         if value is not None and value < 1:
             raise ConfigError(f"--{key.replace('_', '-')}={value} is not allowed: it must be a positive integer")
-    args.families = _items(args.families, tuple(cross.specs()), "--families family")
+    if args.command == "contention":
+        args.families = _items(args.families or ",".join(contention.DEFAULT_FAMILIES), tuple(contention.FAMILIES),
+                               "--families family")
+        args.policies = _items(args.policies, tuple(contention.POLICIES), "--policies policy")
+        from ..core.threads import every_core
+        args.load = every_core() if args.load is None else args.load
+        if args.load < 1 or not args.cell_timeout > 0:
+            raise ConfigError("--load must be a positive integer and --cell-timeout a positive number of seconds")
+    else:
+        args.families = _items(args.families or ",".join(cross.specs()), tuple(cross.specs()), "--families family")
     checked = []
     for cmd in cmds.values():
         if cmd.check_arguments not in checked:
@@ -116,7 +138,7 @@ def main(argv=None) -> int:
     args.configure = configure   # how a family's benchmark composes and checks a config
     if args.command == "all":
         chosen = [c for c in cmds.values() if c.default]
-    elif args.command == "families":
+    elif args.command in ("families", "contention"):
         chosen = []
     else:
         chosen = [cmds[args.command]]
@@ -130,6 +152,8 @@ def main(argv=None) -> int:
                 from ..core.tables import write_table
                 rows = cross.family_rows(args, out, log)
                 report.append(write_table(out, "families", rows, cross.COLUMNS, cross.header(args, device)))
+            if args.command == "contention":
+                report.append(contention.run(args, out, log))
     except (ConfigError, DataError) as exc:
         print(f"node-bench: error: {one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

@@ -45,7 +45,8 @@ def family_rows(args, out: Path, log) -> list[dict]:
         spec = specs()[name]
         experiment, ref_overrides, metric = spec.experiment, list(spec.reference), spec.metric
         common = [f"experiment={experiment}", "trainer=quick", "trainer.progress=false", f"seed={args.seed}",
-                  f"trainer.eval_every={args.eval_every}", f"device={args.device}"]
+                  f"trainer.eval_every={args.eval_every}", f"device={args.device}",
+                  f"threads={args.threads}"]   # node-bench's --threads, not the family's own threads=auto
         if args.family_steps:
             common.append(f"trainer.max_steps={args.family_steps}")
         try:

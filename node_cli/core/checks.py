@@ -132,6 +132,7 @@ def validate(cfg) -> None:
     choice(cfg.device, "device", DEVICES)
     boolean(cfg.get("deterministic", False), "deterministic")
     logger(cfg.get("logger", "none"))
+    threads(cfg.get("threads", "auto"))
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
 
@@ -166,6 +167,12 @@ def logger(name) -> None:
     if name == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'node-run[tensorboard]' "
                           "(or use logger=csv)")
+
+
+def threads(value) -> None:
+    """`threads`: auto (core/threads.py decides) or a positive integer."""
+    if value != "auto":
+        integer(value, "threads", 1, why=" or auto")
 
 
 def resolve_device(name: str) -> torch.device:

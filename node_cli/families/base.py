@@ -59,3 +59,6 @@ class Family:
     tools: Callable = lambda: {}                # () -> {name: main(argv)}: `node-report NAME ...`
     headline: tuple = ()                        # summary keys of its headline metric, first present wins (lower is better)
     extras: dict = field(default_factory=dict)  # anything else a family wants to publish
+    # threads=auto: torch threads of its runs (None: every core). One by default: the small models of spirals,
+    # flows and dynamics run fastest on one thread (node-bench contention, docs/tools/bench.md)
+    threads: int | None = 1

@@ -8,6 +8,11 @@ figures as PNG (build.py).
 """
 from __future__ import annotations
 
+# First, before anything below loads torch: libgomp reads its wait settings once, when torch loads
+from ..core.threads import prepare_environment
+
+prepare_environment()
+
 import argparse
 import datetime
 import sys

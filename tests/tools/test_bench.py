@@ -13,6 +13,9 @@ from node_cli.bench.families import specs, to_target
     (["memory", "--tols", "1e-3,abc"], "is not a comma-separated list of numbers"),
     (["step", "--steps", "0"], "--steps=0 is not allowed"),
     (["nonsense"], "invalid choice"),
+    (["contention", "--policies", "turbo"], "unknown --policies policy 'turbo'"),
+    (["contention", "--families", "imagenet"], "unknown --families family 'imagenet'"),
+    (["contention", "--load", "0"], "--load must be a positive integer"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     assert node_bench(argv + ["--out", "/nonexistent/never"]) == 2

@@ -1,0 +1,115 @@
+"""The thread policy: how many torch threads a run uses, and how long idle OpenMP threads spin before they sleep.
+
+Why (issue 16): torch's OpenMP (GNU libgomp) threads spin while they wait for a sibling. On a shared CPU the
+sibling is often descheduled, so the spinning eats the core it needs: a 2-thread MNIST step beside two busy
+processes ran up to 12x slower than idle. A bounded spin (`GOMP_SPINCOUNT`) keeps the idle speed and removes most
+of that loss; tiny models (spirals, flows, dynamics) are fastest on one thread anyway. `node-bench contention`
+measures both.
+
+Two parts, because libgomp reads its environment only once, when torch is loaded:
+- `prepare_environment()`: the wait behaviour, put into os.environ by each console entry point before anything
+  imports torch (a child process, such as a joblib worker, inherits it);
+- `apply(setting, family_auto)`: the thread count (`torch.set_num_threads`) at the start of a run, once its
+  family is known; returns what the summary and the log record.
+
+The user always wins: an `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` already in the environment is left alone (and none is
+added), an explicit `threads=N` is used as given, and with `threads=auto` an `OMP_NUM_THREADS` in the environment
+is used as given. Only when the user said nothing does the family's own preference apply.
+
+This module must not import torch at its top: the entry points import it before torch is loaded.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# Spin this many times, then sleep (libgomp's default spins 300000 times, far longer with OMP_WAIT_POLICY=ACTIVE).
+# Provisional, from short `node-bench contention` runs on the shared, saturated 2-core CPU (docs/tools/bench.md):
+# there 1000 made the 2-thread MNIST step as fast as one thread, where 10000 was 3-5x slower and the default
+# spin up to 20x; the idle cost on a quiet machine is what the final contention table must confirm.
+SPINCOUNT = "1000"
+MARK = "NODE_RUN_SET_ENV"   # names the variables node-run itself put there (children inherit it with them)
+
+
+def wait_environment(env) -> dict:
+    """What node-run adds to the environment `env` (a mapping): GOMP_SPINCOUNT, unless the user set either
+    wait variable (a user's OMP_WAIT_POLICY=ACTIVE must not be shortened by our spin count)."""
+    if any(k in env for k in WAIT_VARS):
+        return {}
+    return {"GOMP_SPINCOUNT": SPINCOUNT}
+
+
+def prepare_environment(env=None) -> dict:
+    """Put node-run's wait behaviour into `env` (os.environ by default) if torch is not loaded yet; returns what
+    it added. After torch has loaded it would be a lie (libgomp has read its settings), so it adds nothing."""
+    env = os.environ if env is None else env
+    if "torch" in sys.modules and env is os.environ:
+        return {}
+    added = wait_environment(env)
+    if added:
+        env.update(added)
+        env[MARK] = ",".join(sorted(added))
+    return added
+
+
+def omp_threads(env) -> int | None:
+    """The thread count an `OMP_NUM_THREADS` in `env` asks for (its first number: libgomp also takes lists such as
+    "4,2" for nested levels), or None when it is unset or not a positive number."""
+    value = str(env.get("OMP_NUM_THREADS", "")).split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def decide(setting, env, family_auto: int | None, cores: int) -> tuple[int, str]:
+    """(threads, where the number comes from) for the `threads` key `setting` ("auto" or a positive integer), the
+    environment `env`, the family's preference `family_auto` (None: every core) and the number of cores a run may
+    use. Pure: the tests call it with dict environments."""
+    if setting != "auto":
+        return int(setting), "threads key"
+    user = omp_threads(env)
+    if user is not None:
+        return user, "user environment (OMP_NUM_THREADS)"
+    if family_auto is None:
+        return cores, "auto policy (the family's: every core)"
+    return min(family_auto, cores), f"auto policy (the family's: {family_auto})"
+
+
+def wait_record(env) -> dict:
+    """The wait settings libgomp saw, and who set them: the user, node-run, or nobody (libgomp's defaults)."""
+    values = {k: env.get(k) for k in WAIT_VARS}
+    ours = set(filter(None, str(env.get(MARK, "")).split(",")))
+    set_vars = {k for k, v in values.items() if v is not None}
+    if not set_vars:
+        source = "libgomp defaults (nothing set)"
+    elif set_vars <= ours:
+        source = "node-run policy"
+    else:
+        source = "user environment"
+    return dict(values, source=source)
+
+
+def every_core() -> int:
+    """The cores this process may run on (its CPU affinity: a taskset or a container's cpuset counts, where
+    os.cpu_count() would see the whole host)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+def apply(setting="auto", family_auto: int | None = None) -> dict:
+    """Set torch's thread count for a run; returns the summary's fields: `threads` (what torch then reports),
+    `threads_from`, `omp_wait` (the wait variables and their source)."""
+    import torch
+
+    n, source = decide(setting, os.environ, family_auto, every_core())
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return dict(threads=torch.get_num_threads(), threads_from=source, omp_wait=wait_record(os.environ))
+
+
+def describe(record: dict) -> str:
+    """One line for the log: `threads 2 (auto policy ...); OpenMP wait GOMP_SPINCOUNT=1000 (node-run policy)`."""
+    wait = record["omp_wait"]
+    values = ", ".join(f"{k}={v}" for k, v in wait.items() if k != "source" and v is not None) or "default"
+    return f"threads {record['threads']} ({record['threads_from']}); OpenMP wait {values} ({wait['source']})"
