@@ -42,13 +42,16 @@ def compose(overrides: list[str], hydra: bool = False):
 
 
 @functools.lru_cache(maxsize=None)
-def experiment_defaults(name: str) -> dict | None:
-    """The resolved config of `experiment=name` alone (None if there is no such experiment file)."""
+@functools.lru_cache(maxsize=None)
+def experiment_defaults(name: str, trainer: str | None = None) -> dict | None:
+    """The resolved config of `experiment=name` alone, or with the budget preset `trainer=NAME` (None if there is
+    no such experiment or preset file). Cached: treat the result as read-only."""
     from omegaconf import OmegaConf
 
-    if name not in options("experiment"):
+    if name not in options("experiment") or (trainer is not None and trainer not in options("trainer")):
         return None
-    return OmegaConf.to_container(compose([f"experiment={name}"]), resolve=True)
+    return OmegaConf.to_container(compose([f"experiment={name}"] + ([f"trainer={trainer}"] if trainer else [])),
+                                  resolve=True)
 
 
 def flat(node, prefix: str = "") -> dict:

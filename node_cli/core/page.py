@@ -19,10 +19,27 @@ from .rundir import Run
 OPTIMIZER_KEYS = ("optimizer", "lr", "lr_batch_denom", "momentum", "weight_decay", "schedule", "min_lr_ratio")
 
 
+def trainer_preset(run: Run) -> str | None:
+    """The budget preset the run chose on its command line (`trainer=quick`, `short`, ...; from
+    .hydra/overrides.yaml), None when it kept its experiment's own."""
+    import yaml
+
+    try:
+        overrides = yaml.safe_load((run.path / ".hydra" / "overrides.yaml").read_text()) or []
+    except (OSError, yaml.YAMLError):
+        return None
+    chosen = [o.split("=", 1)[1] for o in overrides if isinstance(o, str) and o.startswith("trainer=")]
+    return chosen[-1] if chosen else None
+
+
 def differences(run: Run, experiment: str | None, ignore=()) -> list[str]:
     """`key=value` for each model/solver/optimizer setting where the run differs from the config file of
-    `experiment` (the training budget is not a difference: `select` keeps each cell's longest budget)."""
-    defaults = experiment_defaults(experiment) if experiment else None
+    `experiment` (the training budget is not a difference: `select` keeps each cell's longest budget). A budget
+    preset the run chose (trainer=short: a cosine schedule) is part of its budget: the run is compared with the
+    experiment under that preset."""
+    defaults = None
+    if experiment:
+        defaults = experiment_defaults(experiment, trainer_preset(run)) or experiment_defaults(experiment)
     if not defaults or not run.cfg:
         return []
     out = []

@@ -171,3 +171,23 @@ def test_spirals_per_run_table_shows_solver_steps_consistent_with_nfe(runs):
     assert accepted > 0 and nfe_f == pytest.approx(2 + 6 * (accepted + rejected), abs=0.15)   # dopri5's count
     rnn = next(r for r in rows if r[columns.index("model")] == "RNN")
     assert rnn[columns.index("steps acc./rej.")] == "0.0 / 0.0"                 # no ODE block, no steps
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["trainer=short"], []),                                           # short's cosine is its budget, not a change
+    (["trainer=quick"], []),
+    (["trainer=quick", "trainer.schedule=cosine"], ["trainer.schedule=cosine"]),   # not quick's: a change
+    (["trainer.schedule=cosine"], ["trainer.schedule=cosine"]),
+    (["trainer=short", "trainer.lr=0.05"], ["trainer.lr=0.05"]),
+])
+def test_a_budget_presets_schedule_is_not_a_difference_from_the_paper_setting(tmp_path, compose, overrides,
+                                                                              expected):
+    from omegaconf import OmegaConf
+
+    from node_cli.core.rundir import Run
+
+    command = ["experiment=mnist_odenet", *overrides]
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(command)))
+    run = Run(tmp_path, cfg=OmegaConf.to_container(compose(command), resolve=True))
+    assert differences(run, "mnist_odenet") == expected

@@ -43,7 +43,8 @@ def table1(rep: Page) -> None:
         steps, epochs = (used[0].steps, used[0].summary.get("epochs")) if used else (None, None)
         examples = mean(used, "test_examples")
         matched = epoch_matched(model, used)
-        budget = (f"{steps} steps" + (f" ({epochs} epochs)" if epochs else "")) if used else "no finished run"
+        budget = (f"{steps} steps" + (f" ({epochs} epochs)" if epochs else "")
+                  + (", cosine lr" if used[0].c("trainer.schedule") == "cosine" else "")) if used else "no finished run"
         if examples is not None and examples != 10000:
             budget += f", {int(examples)} test images"
         rows_md.append([label, pct(err), pct(p_err), fmt(params, ",.0f"), f"{p_params / 1e6:.2f}M",
