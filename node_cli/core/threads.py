@@ -68,7 +68,7 @@ def decide(setting, env, family_auto: int | None, cores: int) -> tuple[int, str]
         return int(setting), "threads key"
     user = omp_threads(env)
     if user is not None:
-        return user, "user environment (OMP_NUM_THREADS)"
+        return user, "environment (OMP_NUM_THREADS)"
     if family_auto is None:
         return cores, "auto policy (the family's: every core)"
     return min(family_auto, cores), f"auto policy (the family's: {family_auto})"

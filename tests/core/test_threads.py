@@ -23,9 +23,9 @@ FLOW = ["experiment=nf_moons", "trainer=quick", "model.depth=2", "dataset.test_s
     ("auto", {}, None, 2, (2, "auto policy (the family's: every core)")),           # MNIST: every core
     ("auto", {}, 1, 2, (1, "auto policy (the family's: 1)")),                       # spirals, flows, dynamics
     ("auto", {}, 4, 2, (2, "auto policy (the family's: 4)")),                       # never more than the cores
-    ("auto", {"OMP_NUM_THREADS": "1"}, None, 2, (1, "user environment (OMP_NUM_THREADS)")),
-    ("auto", {"OMP_NUM_THREADS": "3"}, 1, 2, (3, "user environment (OMP_NUM_THREADS)")),   # even past the cores
-    ("auto", {"OMP_NUM_THREADS": "4,2"}, 1, 8, (4, "user environment (OMP_NUM_THREADS)")),  # nested list: first
+    ("auto", {"OMP_NUM_THREADS": "1"}, None, 2, (1, "environment (OMP_NUM_THREADS)")),
+    ("auto", {"OMP_NUM_THREADS": "3"}, 1, 2, (3, "environment (OMP_NUM_THREADS)")),   # even past the cores
+    ("auto", {"OMP_NUM_THREADS": "4,2"}, 1, 8, (4, "environment (OMP_NUM_THREADS)")),  # nested list: first
     ("auto", {"OMP_NUM_THREADS": "lots"}, 1, 2, (1, "auto policy (the family's: 1)")),      # not a number: ignored
     (3, {}, 1, 2, (3, "threads key")),
     (2, {"OMP_NUM_THREADS": "1"}, 1, 2, (2, "threads key")),                        # the command line is explicit
@@ -130,3 +130,19 @@ def test_the_summary_records_the_threads_used(tmp_path, omp, key, threads_used, 
     assert s["omp_wait"] == dict(OMP_WAIT_POLICY=None, GOMP_SPINCOUNT=threads.SPINCOUNT, source="node-run policy")
     log = (folder / "node-run.log").read_text()
     assert f"threads {threads_used} ({source}); OpenMP wait GOMP_SPINCOUNT={threads.SPINCOUNT}" in log
+
+
+# ------------------------------------------------------------------------------ sweeps that share the machine
+def test_a_joblib_sweeps_jobs_share_the_cores(tmp_path):
+    """joblib's workers get OMP_NUM_THREADS = cores // n_jobs when it is unset (joblib's own oversubscription guard);
+    threads=auto takes it from the environment, and the summary says so."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY",
+                                                            threads.MARK)}
+    r = subprocess.run([sys.executable, "-m", "node_cli.cli", "-m", *FLOW, "seed=0,1", "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path}"], env=env, capture_output=True,
+                       text=True, timeout=300, cwd=tempfile.gettempdir())
+    assert r.returncode == 0, r.stderr
+    share = max(1, threads.every_core() // 2)
+    for job in ("0", "1"):
+        s = json.loads((tmp_path / job / "summary.json").read_text())
+        assert s["threads"] == share and s["threads_from"] == "environment (OMP_NUM_THREADS)", s
