@@ -8,9 +8,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from . import toys  # noqa: E402
 from .models import FRACTIONS  # noqa: E402
 
-PLOT_LIMIT = {"circles": 1.5, "moons": 1.75, "density": 4.5}
+PLOT_LIMIT = {"circles": 1.5, "moons": 1.75, "density": 4.5, **{name: toys.LIMIT for name in toys.TOYS}}
 
 
 def _grid(limit: float, points: int, device):
@@ -42,7 +43,9 @@ def _style(ax, limit, title):
 
 def _title(task) -> str:
     m = task.cfg.model
-    size = f"M={m.width}" if m.name == "cnf" else f"K={m.depth}"
+    size = (f"M={m.width}" if m.name == "cnf" else f"K={m.depth}" if m.name == "nf" else
+            f"{'-'.join(map(str, m.hidden))}, {m.trace} trace" + (f", kinetic {m.kinetic:g}, jacobian {m.jacobian:g}"
+                                                                   if m.kinetic or m.jacobian else ""))
     what = f"target {task.cfg.dataset.target.upper()}" if task.density else task.cfg.dataset.name
     return f"{m.name.upper()} ({size}), {what}"
 
@@ -80,7 +83,7 @@ def plot_stages(task, path, points: int = 100, samples: int = 2000):
     """Figures 5-6: samples (top) and density (bottom) from the base (0%) to the data (100%) of the flow."""
     limit, grid, z0 = _plot_inputs(task, points, samples)
     stages = task.model.stages(z0, grid)
-    unit = "of the flow time" if task.cfg.model.name == "cnf" else "of the layers"
+    unit = "of the layers" if task.cfg.model.name == "nf" else "of the flow time"
     fig, axes = plt.subplots(2, len(FRACTIONS), figsize=(2.2 * len(FRACTIONS), 4.6))
     for i, (f, (x, log_p)) in enumerate(zip(FRACTIONS, stages)):
         _show_samples(axes[0, i], x, limit, f"samples {round(100 * f)}%")

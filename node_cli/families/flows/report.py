@@ -1,13 +1,15 @@
 """The flows sections of node-report (paper section 4): Figures 5-6 (maximum likelihood, the paper setting),
 Figure 4 (density matching: the paper setting's cells, then each cell's best run over the settings tried, as
-docs/families/flows.md tunes the NF's learning rate and the CNF's flow time) and the seminorm adjoint's NFE-B."""
+docs/families/flows.md tunes the NF's learning rate and the CNF's flow time) and the seminorm adjoint's NFE-B; then
+FFJORD (beyond the paper): the regularisation table (RNODE against unregularised, NFE and test NLL, with the NFE
+over training as a figure) and the dimension-scaling table of `node-bench ffjord`, when such runs are present."""
 from __future__ import annotations
 
 import math
 
 from ...core.page import Page, mean, plt_figure, run_fields, select, steps_cell
 from ...core.tables import fmt, md_table
-from ...core.rundir import Run
+from ...core.rundir import Run, read_metrics
 
 
 def flows(rep: Page) -> None:
@@ -19,6 +21,7 @@ def flows(rep: Page) -> None:
     _flows_density(rep, [r for r in runs if r.c("dataset.name") == "density"])
     _best_of_settings(rep, runs)
     _seminorm(rep, runs)
+    _ffjord(rep, [r for r in runs if r.model == "ffjord"])
 
 
 def _capacity(run: Run):
@@ -218,6 +221,99 @@ def _seminorm(rep: Page, runs) -> None:
     rep.add("### Seminorm adjoint (Kidger et al. 2021): mean NFE per training step, same experiment and budget", "")
     rep.add(*md_table(["experiment", "steps", "adjoint_norm", "NFE-F", "NFE-B", "s / step", "test metric", "runs"],
                       rows))
+
+
+def _lam(run: Run) -> tuple:
+    return (run.c("model.kinetic") or 0.0, run.c("model.jacobian") or 0.0)
+
+
+def _ffjord(rep: Page, runs) -> None:
+    """RNODE's regularisers against the unregularised FFJORD (same data, budget, trace and solver), and the
+    exact-against-Hutchinson table of `node-bench ffjord` found under the report's folders."""
+    traces = sorted({p for d in rep.dirs for p in _glob(d, "ffjord_trace.csv")})
+    if not runs and not traces:
+        return
+    rep.add("### FFJORD: free-form CNF, Hutchinson's trace, RNODE regularisers (beyond the paper)", "")
+    _ffjord_regularisation(rep, [r for r in runs if r.ok])
+    for path in traces:
+        import csv
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        md = path.with_suffix(".md")
+        rep.add("#### Dimension scaling: seconds per training step, exact against Hutchinson trace "
+                f"(`{rep.where(path)}`)", "")
+        if md.is_file():
+            rep.add(*md.read_text().splitlines()[1:], "")
+        else:
+            rep.table(list(rows[0]) if rows else [], [list(r.values()) for r in rows])
+
+
+def _glob(d, name):
+    from pathlib import Path
+    d = Path(d)
+    return [p.resolve() for p in ([d / name] if (d / name).is_file() else []) + list(d.rglob(name))]
+
+
+def _ffjord_regularisation(rep: Page, runs) -> None:
+    groups: dict[tuple, dict] = {}
+    for r in runs:
+        key = (r.c("dataset.name"), r.steps, r.c("model.trace"), r.c("solver.method"), r.c("solver.rtol"), r.c("seed"))
+        groups.setdefault(key, {}).setdefault(_lam(r), []).append(r)
+    pairs = [(k, g) for k, g in sorted(groups.items(), key=lambda kv: str(kv[0])) if (0.0, 0.0) in g and len(g) > 1]
+    if not pairs:
+        if runs:
+            rep.add("No FFJORD run pairs (unregularised and model.kinetic / model.jacobian > 0, same data, budget, "
+                    "trace, solver and seed); make them with `scripts/ffjord_tables.sh`.", "")
+        return
+    rows_md, rows_csv, curves = [], [], {}
+    for (data, steps, trace, method, rtol, seed), g in pairs:
+        plain = g[(0.0, 0.0)][0]
+        for lam in sorted(g):
+            r = g[lam][0]
+            nll, floor = r.s("test_nll"), r.s("test_nll_data")
+            f, ef = r.s("nfe_forward"), r.s("eval_nfe_forward")
+            cut_train = plain.s("nfe_forward") / f if lam != (0.0, 0.0) and f else None
+            cut_eval = plain.s("eval_nfe_forward") / ef if lam != (0.0, 0.0) and ef else None
+            dnll = nll - plain.s("test_nll") if lam != (0.0, 0.0) else None
+            label = "none" if lam == (0.0, 0.0) else f"kinetic {lam[0]:g}, jacobian {lam[1]:g}"
+            rows_md.append([data, label, fmt(nll, ".3f") + (f" ± {r.s('test_nll_stderr'):.3f}"
+                                                            if r.s("test_nll_stderr") is not None else ""),
+                            fmt(floor, ".3f"), fmt(dnll, "+.3f"), fmt(f, ".1f"), fmt(r.s("nfe_backward"), ".1f"),
+                            fmt(ef, ".0f"), fmt(cut_train, ".2f") + ("×" if cut_train else ""),
+                            fmt(cut_eval, ".2f") + ("×" if cut_eval else ""), fmt(r.s("test_kinetic"), ".3f"),
+                            fmt(r.s("test_jacobian"), ".3f"), fmt(r.s("t1"), ".2f"),
+                            fmt(r.s("sec_per_step"), ".3f"), f"{steps} steps", r.id])
+            rows_csv.append(dict(dataset=data, kinetic=lam[0], jacobian=lam[1], trace=trace, method=method, rtol=rtol,
+                                 seed=seed, steps=steps, test_nll=nll, test_nll_stderr=r.s("test_nll_stderr"),
+                                 test_nll_data=floor, delta_nll=dnll, nfe_forward=f, nfe_backward=r.s("nfe_backward"),
+                                 eval_nfe_forward=ef, nfe_cut_train=cut_train, nfe_cut_eval=cut_eval,
+                                 test_kinetic=r.s("test_kinetic"), test_jacobian=r.s("test_jacobian"), t1=r.s("t1"),
+                                 sec_per_step=r.s("sec_per_step"), wall_time=r.s("wall_time"), run_id=r.id,
+                                 run_dir=str(r.path)))
+            curves.setdefault(data, []).append((label, read_metrics(r.path)))
+            rep.mark([r], "FFJORD regularisation")
+    rep.add("#### Regularisation: RNODE (kinetic + Jacobian) against unregularised FFJORD", "")
+    rep.add(*md_table(["data", "regularisers", "test NLL (nats)", "true density's NLL", "Δ NLL", "NFE-F / step",
+                       "NFE-B / step", "eval NFE-F", "NFE-F cut (train)", "NFE-F cut (eval)", "test ∫|f|²",
+                       "test ∫|J|²_F", "t1", "s / step", "budget", "run"], rows_md))
+    rep.add(f"CSV: `{rep.csv('ffjord_regularisation.csv', rows_csv)}`. NFE-F / step: mean over training; eval NFE-F: "
+            "the final evaluation's solve (exact trace, model.eval_tol). Cut: the unregularised run's NFE over the "
+            "regularised one's. Δ NLL: regularised minus unregularised (RNODE's target: NFE cut ≥ 2× at "
+            "|Δ NLL| ≤ 0.05). The regularisers on the test set are the exact integrals of |f|² and |df/dz|²_F over "
+            "the flow.", "")
+    fig, axes = plt_figure(1, len(curves), figsize=(4 * len(curves), 3.3), squeeze=False)
+    for ax, (data, lines) in zip(axes[0], curves.items()):
+        for i, (label, rows) in enumerate(lines):   # one colour per setting: train solid, evaluation dashed
+            rows = [x for x in rows if x.get("nfe_forward") is not None]
+            ax.plot([x["step"] for x in rows], [x["nfe_forward"] for x in rows], "o-", ms=3, color=f"C{i}",
+                    label=f"train, {label}")
+            ax.plot([x["step"] for x in rows], [x.get("eval_nfe_forward") for x in rows], "x--", ms=3,
+                    color=f"C{i}", label=f"eval, {label}")
+        ax.set(xlabel="step", ylabel="NFE-F", title=data)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    rep.add(f"NFE-F over training (train: mean per step since the previous evaluation; eval: the evaluation's "
+            f"solve): ![FFJORD NFE over training]({rep.savefig(fig, 'ffjord_nfe.png')})", "")
 
 
 def sections() -> tuple:

@@ -8,6 +8,13 @@ KL(q||p) = E_q[log q + U] + log Z and reports `test_kl` on a fixed set of base s
 the KL is exact up to Monte Carlo error, `test_kl_stderr`; `test_kl_unnormalized` is E_q[log q + U] alone).
 A run is one epoch of `trainer.max_steps` fresh batches. The CNF's evaluations and figures solve at
 rtol = atol = `model.eval_tol`, whatever tolerance it trained with.
+
+The toy sets of FFJORD (`8gaussians`, `pinwheel`, `checkerboard`, `2spirals`, `rings`, `swissroll`; toys.py) train
+by maximum likelihood like circles and moons, with the floor where the density is known. `model=ffjord`
+(ffjord.py) trains with its configured trace and regularisers and is evaluated with the exact trace; its
+evaluations also report the regularisers on the test set (`test_kinetic`, `test_jacobian`: the exact integrals
+of |f|^2 and |df/dz|_F^2, batch means), their training estimates since the last evaluation (`train_kinetic`,
+`train_jacobian`, when a regulariser is on) and the flow time `t1`.
 """
 from __future__ import annotations
 
@@ -16,13 +23,16 @@ import logging
 import math
 
 import torch
+from omegaconf import ListConfig
 
-from ...core.checks import ConfigError, choice, integer, positive
+from ...core.checks import ConfigError, boolean, choice, integer, number, positive
 from ...core.solve import nfe
 from . import data as toy2d
+from . import toys
+from .ffjord import ACTIVATIONS, NOISES, TRACES, build_ffjord
 from .models import MODELS, build_model
 
-DATASETS = toy2d.DATASETS + ("density",)
+DATASETS = toy2d.DATASETS + toys.TOYS + ("density",)
 EVAL_CHUNK = 5000
 
 
@@ -35,7 +45,10 @@ class FlowTask:
         self.batch_size = cfg.trainer.batch_size
         self.steps = cfg.trainer.max_steps
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.model = build_model(cfg, generative=self.density).to(device)
+        self.ffjord = cfg.model.name == "ffjord"
+        self.model = (build_ffjord(cfg) if self.ffjord else build_model(cfg, generative=self.density)).to(device)
+        # the regularisers' training estimates since the last evaluation
+        self.reg_sums, self.reg_steps = dict(kinetic=0.0, jacobian=0.0), 0
         logging.getLogger("node_run").info(
             "%s: fresh samples every step from seed=%s; fixed test set of %d from dataset.test_seed=%s",
             f"density matching of {d.target}" if self.density else f"{d.name} data", cfg.seed, d.test_size,
@@ -44,7 +57,10 @@ class FlowTask:
         self.test = self._draw(d.test_size, test_gen)
         self.fixed = self._draw(self.batch_size, torch.Generator().manual_seed(d.test_seed + 1))
         self.log_z = toy2d.log_normalizer(d.target) if self.density else None
-        if not self.density:   # -log of the true data density on the test set: the floor of test_nll
+        if d.name in toys.TOYS:   # -log of the true data density on the test set (None where it is not known)
+            log_p = toys.data_log_density(d.name, self.test.cpu())
+            self.data_nll = None if log_p is None else -log_p
+        elif not self.density:   # -log of the true data density on the test set: the floor of test_nll
             self.data_nll = -toy2d.data_log_density(d.name, self.test.cpu(), d.noise, d.get("factor", 0.5))
 
     def _draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -52,6 +68,8 @@ class FlowTask:
         d = self.cfg.dataset
         if self.density:
             x = d.base_std * torch.randn(n, 2, generator=generator)
+        elif d.name in toys.TOYS:
+            x = toys.sample(d.name, n, generator)
         else:
             x = toy2d.sample_data(d.name, n, generator, d.noise, d.get("factor", 0.5))
         return x.to(self.device)
@@ -70,6 +88,13 @@ class FlowTask:
             yield self._draw(self.batch_size, self.generator)
 
     def loss(self, batch) -> torch.Tensor:
+        if self.ffjord:
+            loss = self.model.loss(batch)
+            if self.model.regularised:
+                self.reg_steps += 1
+                for k, v in self.model.regs.items():
+                    self.reg_sums[k] += v.item()
+            return loss
         if self.density:
             x, log_q = self.model.sample(batch)
             return (log_q + self.energy(x)).mean()
@@ -89,10 +114,15 @@ class FlowTask:
         n = len(self.test) if limit is None else min(limit, len(self.test))
         values, chunks = [], 0
         f0, _ = nfe(self.model)
-        with self.eval_solver():
+        regs = dict(kinetic=[], jacobian=[])
+        with self.eval_solver(), (self.model.exact() if self.ffjord else contextlib.nullcontext()):
             for i in range(0, n, EVAL_CHUNK):
                 batch = self.test[i:min(i + EVAL_CHUNK, n)]
-                if self.density:   # log q(x) + U(x) at x = flow(z0): E_q of it is KL(q||p) - log Z
+                if self.ffjord:    # exact trace, and the regularisers' exact integrals in the same solve
+                    values.append(-self.model.log_prob(batch, regularise=True))
+                    for k, v in self.model.regs.items():
+                        regs[k].append(v.item() * len(batch))
+                elif self.density:   # log q(x) + U(x) at x = flow(z0): E_q of it is KL(q||p) - log Z
                     x, log_q = self.model.sample(batch)
                     values.append(log_q + self.energy(x))
                 else:              # -log p(x) on held-out data
@@ -106,7 +136,15 @@ class FlowTask:
         if self.density:
             out.update(test_kl=mean + self.log_z, test_kl_stderr=stderr, test_kl_unnormalized=mean, log_z=self.log_z)
         else:
-            out.update(test_nll=mean, test_nll_stderr=stderr, test_nll_data=self.data_nll[:n].mean().item())
+            out.update(test_nll=mean, test_nll_stderr=stderr,
+                       test_nll_data=None if self.data_nll is None else self.data_nll[:n].mean().item())
+        if self.ffjord:
+            out.update(test_kinetic=sum(regs["kinetic"]) / n, test_jacobian=sum(regs["jacobian"]) / n,
+                       t1=float(self.model.t1.detach()))
+            if self.model.regularised:
+                steps = max(self.reg_steps, 1)
+                out.update({f"train_{k}": v / steps for k, v in self.reg_sums.items()})
+                self.reg_sums, self.reg_steps = dict(kinetic=0.0, jacobian=0.0), 0
         return out
 
     def memory_batch(self):
@@ -116,7 +154,7 @@ class FlowTask:
         self.model.eval()
         from .plots import plot_density, plot_stages
 
-        with self.eval_solver():
+        with self.eval_solver(), (self.model.exact() if self.ffjord else contextlib.nullcontext()):
             files = [plot_density(self, run.path / "density.png"), plot_stages(self, run.path / "flow.png")]
         self.model.train()
         return dict(figures=[f.name for f in files])
@@ -124,7 +162,7 @@ class FlowTask:
 
 def check(cfg) -> None:
     m, d, t = cfg.model, cfg.dataset, cfg.trainer
-    choice(m.name, "model", MODELS)
+    choice(m.name, "model", MODELS + ("ffjord",))
     choice(d.name, "dataset", DATASETS)
     if m.name == "cnf":
         integer(m.get("width"), "model.width", 1)
@@ -132,12 +170,17 @@ def check(cfg) -> None:
         positive(m.get("t1"), "model.t1")
         if m.get("eval_tol") is not None:
             positive(m.get("eval_tol"), "model.eval_tol")
+    elif m.name == "ffjord":
+        check_ffjord(m)
+        if d.name == "density":
+            raise ConfigError("model=ffjord trains by maximum likelihood; dataset=density (density matching) is for "
+                              f"model=cnf and model=nf; accepted datasets: {', '.join(DATASETS[:-1])}")
     else:
         integer(m.get("depth"), "model.depth", 1)
         positive(m.get("init_std", 0.1), "model.init_std")
     if d.name == "density":
         choice(d.get("target"), "dataset.target", toy2d.TARGETS)
-    else:
+    elif d.name in toy2d.DATASETS:
         positive(d.get("noise"), "dataset.noise")
         positive(d.get("factor", 0.5), "dataset.factor")
     positive(d.get("base_std"), "dataset.base_std")
@@ -149,3 +192,21 @@ def check(cfg) -> None:
     if list(t.milestones):
         raise ConfigError("trainer.milestones are epochs, and a flow run is one epoch of trainer.max_steps fresh "
                           "batches: set trainer.milestones=[] (trainer.schedule=cosine decays the lr every step)")
+
+
+def check_ffjord(m) -> None:
+    """The keys of conf/model/ffjord.yaml."""
+    hidden = m.get("hidden")
+    if not isinstance(hidden, (list, tuple, ListConfig)) or not len(hidden):
+        raise ConfigError(f"model.hidden={hidden!r} is not allowed: it must be a non-empty list of widths, "
+                          "e.g. [64,64,64]")
+    for h in hidden:
+        integer(h, "model.hidden entry", 1)
+    choice(m.get("activation"), "model.activation", tuple(ACTIVATIONS))
+    positive(m.get("t1"), "model.t1")
+    boolean(m.get("learn_t1"), "model.learn_t1")
+    choice(m.get("trace"), "model.trace", TRACES)
+    choice(m.get("noise"), "model.noise", NOISES)
+    number(m.get("kinetic"), "model.kinetic", 0)
+    number(m.get("jacobian"), "model.jacobian", 0)
+    positive(m.get("eval_tol"), "model.eval_tol", allow_none=True)
