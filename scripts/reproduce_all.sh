@@ -3,7 +3,7 @@
 #   Table 1 (table1.sh), the memory figure (memory.sh), Figure 3 (figure3.sh, on Table 1's ODE-Net: no second
 #   training), Table 2 and Figures 8-9 (table2.sh), Figures 4-6 (figures4_6.sh).
 #
-#   scripts/reproduce_all.sh                       # trainer=quick everywhere (CPU: a few hours on 2 cores)
+#   scripts/reproduce_all.sh                       # trainer=quick everywhere (28 min on 2 cores: docs/tools/report.md)
 #   FULL=1 LAUNCHER=slurm SLURM_ARGS="hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1" \
 #       scripts/reproduce_all.sh                   # the paper's budgets on a SLURM cluster
 #

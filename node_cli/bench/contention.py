@@ -39,6 +39,7 @@ POLICIES = {
     "all-passive": ("all", {"OMP_WAIT_POLICY": "PASSIVE"}),      # waiting threads sleep at once
     "all-spin1000": ("all", {"GOMP_SPINCOUNT": "1000"}),         # spin briefly, then sleep
     "all-spin10000": ("all", {"GOMP_SPINCOUNT": "10000"}),
+    "all-spin30000": ("all", {"GOMP_SPINCOUNT": "30000"}),
     "all-spin100000": ("all", {"GOMP_SPINCOUNT": "100000"}),
     "auto": ("auto", None),                                      # what node-run does when the user sets nothing
 }

@@ -25,9 +25,9 @@ import sys
 
 WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # Spin this many times, then sleep (libgomp's default spins 300000 times, far longer with OMP_WAIT_POLICY=ACTIVE).
-# Provisional, from short `node-bench contention` runs on the shared, saturated 2-core CPU (docs/tools/bench.md):
-# there 1000 made the 2-thread MNIST step as fast as one thread, where 10000 was 3-5x slower and the default
-# spin up to 20x; the idle cost on a quiet machine is what the final contention table must confirm.
+# Chosen with `node-bench contention` on the idle 2-core CPU (docs/tools/bench.md): beside two busy processes the
+# 2-thread MNIST step stayed at about 2.5x its idle time in every run (the default spin: 3.4-7.8x), at an idle cost
+# of 3-17% against the default spin; tiny models run one thread (the families' auto), where the spin is moot.
 SPINCOUNT = "1000"
 MARK = "NODE_RUN_SET_ENV"   # names the variables node-run itself put there (children inherit it with them)
 
