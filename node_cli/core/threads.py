@@ -27,7 +27,7 @@ WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # Spin this many times, then sleep (libgomp's default spins 300000 times, far longer with OMP_WAIT_POLICY=ACTIVE).
 # Chosen with `node-bench contention` on the idle 2-core CPU (docs/tools/bench.md): beside two busy processes the
 # 2-thread MNIST step stayed at about 2.5x its idle time in every run (the default spin: 3.4-7.8x), at an idle cost
-# of 3-17% against the default spin; tiny models run one thread (the families' auto), where the spin is moot.
+# of 3-17% against the default spin; tiny models run one thread (their auto count), where the spin is moot.
 SPINCOUNT = "1000"
 MARK = "NODE_RUN_SET_ENV"   # names the variables node-run itself put there (children inherit it with them)
 
