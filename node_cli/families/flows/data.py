@@ -114,8 +114,14 @@ def data_log_density(name: str, x: torch.Tensor, noise: float, factor: float = 0
     x = x.double()
     u = (torch.arange(angles, dtype=torch.float64) + 0.5) / angles
     centres = torch.cat([curve(name, u, True, factor), curve(name, u, False, factor)])
+    return curve_log_density(x, centres, noise).float()
+
+
+def curve_log_density(x: torch.Tensor, centres: torch.Tensor, std: float, chunk: int = 1000) -> torch.Tensor:
+    """log of the mean over the points `centres` [M, 2] of N(x; c, std^2 I), at x [N, 2], `chunk` rows at a time:
+    the density of points on a curve (sampled densely) plus Gaussian noise."""
     out = []
-    for chunk in x.split(1000):
-        log_n = -0.5 * torch.cdist(chunk, centres).pow(2) / noise ** 2 - math.log(2 * math.pi * noise ** 2)
+    for part in x.split(chunk):
+        log_n = -0.5 * torch.cdist(part, centres).pow(2) / std ** 2 - math.log(2 * math.pi * std ** 2)
         out.append(torch.logsumexp(log_n, 1) - math.log(len(centres)))
-    return torch.cat(out).float()
+    return torch.cat(out)

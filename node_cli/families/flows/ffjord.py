@@ -23,17 +23,11 @@ import torch
 from torch import nn
 
 from ...core.solve import ODEBlock
+from .models import FRACTIONS, log_normal
 
 TRACES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
 ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus}
-FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-
-
-def log_normal(z: torch.Tensor, std: float) -> torch.Tensor:
-    """log N(z; 0, std^2 I) for z [N, d]."""
-    d = z.shape[1]
-    return -0.5 * (z / std).pow(2).sum(1) - d * math.log(std) - 0.5 * d * math.log(2 * math.pi)
 
 
 class ConcatSquash(nn.Module):

@@ -25,8 +25,9 @@ FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)   # fractions of the flow shown by `s
 
 
 def log_normal(z: torch.Tensor, std: float) -> torch.Tensor:
-    """log N(z; 0, std^2 I) for z [N, 2]."""
-    return -0.5 * (z / std).pow(2).sum(1) - 2 * math.log(std) - math.log(2 * math.pi)
+    """log N(z; 0, std^2 I) for z [N, d]."""
+    d = z.shape[1]
+    return -0.5 * (z / std).pow(2).sum(1) - d * math.log(std) - 0.5 * d * math.log(2 * math.pi)
 
 
 class HyperNet(nn.Module):

@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from .data import curve_log_density
+
 TOYS = ("8gaussians", "pinwheel", "checkerboard", "2spirals", "rings", "swissroll")
 LIMIT = 4.5   # every toy set lies (almost) in [-4.5, 4.5]^2: the half-width of its figures
 
@@ -84,21 +86,6 @@ def sample(name: str, n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ true densities
-def _log_normal2(x, centres, std):
-    """log N(x; c, std^2 I) for every pair: [N, M]."""
-    return -0.5 * torch.cdist(x, centres).pow(2) / std ** 2 - math.log(2 * math.pi * std ** 2)
-
-
-def _curve_mixture(x, centres, std, log_w=None):
-    """log of the mean (or `log_w`-weighted sum) over curve points `centres` of N(x; c, std^2 I), in chunks."""
-    out = []
-    for chunk in x.split(500):
-        log_n = _log_normal2(chunk, centres, std)
-        out.append(torch.logsumexp(log_n if log_w is None else log_n + log_w, 1)
-                   - (math.log(len(centres)) if log_w is None else 0.0))
-    return torch.cat(out)
-
-
 def _log_box_gauss(a, lo, hi, std):
     """log density at a of U[lo, hi) + N(0, std^2) (one coordinate), elementwise."""
     normal = torch.distributions.Normal(torch.zeros((), dtype=a.dtype), std)
@@ -114,7 +101,7 @@ def data_log_density(name: str, x: torch.Tensor, points: int = 4096):
     if name == "8gaussians":
         angle = torch.arange(8, dtype=torch.float64) * math.pi / 4
         centres = 4 * torch.stack([torch.cos(angle), torch.sin(angle)], 1) / 1.414
-        return _curve_mixture(x, centres, 0.5 / 1.414).float()
+        return curve_log_density(x, centres, 0.5 / 1.414, chunk=500).float()
     if name == "checkerboard":
         cell = torch.floor(x / 2)   # squares of side 2 on [-4, 4]^2; filled where column + row is even
         inside = (x.abs() < 4).all(1) & ((cell[:, 0] + cell[:, 1]) % 2 == 0)
@@ -123,11 +110,11 @@ def data_log_density(name: str, x: torch.Tensor, points: int = 4096):
         angle = 2 * math.pi * u
         circle = torch.stack([torch.cos(angle), torch.sin(angle)], 1)
         centres = torch.cat([r * circle for r in RING_RADII])
-        return _curve_mixture(x, centres, 0.08).float()
+        return curve_log_density(x, centres, 0.08, chunk=500).float()
     if name == "swissroll":
         t = 1.5 * math.pi * (1 + 2 * u)
         centres = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) / 5
-        return _curve_mixture(x, centres, 0.2).float()
+        return curve_log_density(x, centres, 0.2, chunk=500).float()
     if name == "2spirals":   # theta = 3 pi sqrt(u): midpoints in u; each point U-box + Gaussian per coordinate
         theta = torch.sqrt(u) * 3 * math.pi
         curve = torch.stack([-torch.cos(theta) * theta, torch.sin(theta) * theta], 1) / 3
