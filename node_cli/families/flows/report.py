@@ -5,7 +5,9 @@ FFJORD (beyond the paper): the regularisation table (RNODE against unregularised
 over training as a figure) and the dimension-scaling table of `node-bench ffjord`, when such runs are present."""
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 from ...core.page import Page, mean, plt_figure, run_fields, select, steps_cell
 from ...core.tables import fmt, md_table
@@ -230,28 +232,21 @@ def _lam(run: Run) -> tuple:
 def _ffjord(rep: Page, runs) -> None:
     """RNODE's regularisers against the unregularised FFJORD (same data, budget, trace and solver), and the
     exact-against-Hutchinson table of `node-bench ffjord` found under the report's folders."""
-    traces = sorted({p for d in rep.dirs for p in _glob(d, "ffjord_trace.csv")})
+    traces = sorted({p.resolve() for d in rep.dirs for p in Path(d).rglob("ffjord_trace.csv")})
     if not runs and not traces:
         return
     rep.add("### FFJORD: free-form CNF, Hutchinson's trace, RNODE regularisers (beyond the paper)", "")
     _ffjord_regularisation(rep, [r for r in runs if r.ok])
     for path in traces:
-        import csv
-        with open(path) as f:
-            rows = list(csv.DictReader(f))
         md = path.with_suffix(".md")
         rep.add("#### Dimension scaling: seconds per training step, exact against Hutchinson trace "
                 f"(`{rep.where(path)}`)", "")
         if md.is_file():
             rep.add(*md.read_text().splitlines()[1:], "")
         else:
+            with open(path) as f:
+                rows = list(csv.DictReader(f))
             rep.table(list(rows[0]) if rows else [], [list(r.values()) for r in rows])
-
-
-def _glob(d, name):
-    from pathlib import Path
-    d = Path(d)
-    return [p.resolve() for p in ([d / name] if (d / name).is_file() else []) + list(d.rglob(name))]
 
 
 def _ffjord_regularisation(rep: Page, runs) -> None:

@@ -92,8 +92,8 @@ class FlowTask:
             loss = self.model.loss(batch)
             if self.model.regularised:
                 self.reg_steps += 1
-                for k, v in self.model.regs.items():
-                    self.reg_sums[k] += v.item()
+                for k, v in self.model.regs.items():   # kept on the device: no sync per step; read at evaluation
+                    self.reg_sums[k] = self.reg_sums[k] + v.detach().double()
             return loss
         if self.density:
             x, log_q = self.model.sample(batch)
@@ -102,10 +102,12 @@ class FlowTask:
 
     @contextlib.contextmanager
     def eval_solver(self):
-        """Evaluations and figures solve at rtol = atol = model.eval_tol (when set), whatever training used."""
+        """Evaluations and figures solve at rtol = atol = model.eval_tol (when set), whatever training used, and
+        FFJORD with the exact trace, whatever it trained with."""
         block = getattr(self.model, "block", None)
         tol = self.cfg.model.get("eval_tol")
-        with contextlib.nullcontext() if block is None or tol is None else block.tolerance(tol):
+        with contextlib.nullcontext() if block is None or tol is None else block.tolerance(tol), \
+                self.model.exact() if self.ffjord else contextlib.nullcontext():
             yield
 
     @torch.no_grad()
@@ -115,7 +117,7 @@ class FlowTask:
         values, chunks = [], 0
         f0, _ = nfe(self.model)
         regs = dict(kinetic=[], jacobian=[])
-        with self.eval_solver(), (self.model.exact() if self.ffjord else contextlib.nullcontext()):
+        with self.eval_solver():
             for i in range(0, n, EVAL_CHUNK):
                 batch = self.test[i:min(i + EVAL_CHUNK, n)]
                 if self.ffjord:    # exact trace, and the regularisers' exact integrals in the same solve
@@ -143,7 +145,7 @@ class FlowTask:
                        t1=float(self.model.t1.detach()))
             if self.model.regularised:
                 steps = max(self.reg_steps, 1)
-                out.update({f"train_{k}": v / steps for k, v in self.reg_sums.items()})
+                out.update({f"train_{k}": float(v) / steps for k, v in self.reg_sums.items()})
                 self.reg_sums, self.reg_steps = dict(kinetic=0.0, jacobian=0.0), 0
         return out
 
@@ -154,7 +156,7 @@ class FlowTask:
         self.model.eval()
         from .plots import plot_density, plot_stages
 
-        with self.eval_solver(), (self.model.exact() if self.ffjord else contextlib.nullcontext()):
+        with self.eval_solver():
             files = [plot_density(self, run.path / "density.png"), plot_stages(self, run.path / "flow.png")]
         self.model.train()
         return dict(figures=[f.name for f in files])
