@@ -16,10 +16,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .core.checks import ConfigError, DataError, integer, one_line
-from .core.rundir import CHECKPOINT, CLAIM, CONFIG, SUMMARY, atomic_write, load_checkpoint, read_summary
-
-BUDGET = ("trainer.max_steps", "trainer.epochs")
-ALLOWED = BUDGET + ("trainer.progress",)
+from .core.rundir import (BUDGET, CHECKPOINT, CLAIM, CONFIG, RESUMABLE, SUMMARY, atomic_write, load_checkpoint,
+                           read_summary)
 
 
 def parse(argv: list[str]) -> tuple[Path, dict]:
@@ -34,7 +32,7 @@ def parse(argv: list[str]) -> tuple[Path, dict]:
             changes[key] = value == "true"
         else:
             raise ConfigError(f"{arg!r} cannot be combined with resume=: a resumed run stays what its "
-                              f"{CONFIG} says; only {', '.join(ALLOWED)} may change")
+                              f"{CONFIG} says; only {', '.join(RESUMABLE)} may change")
     if folder is None or not str(folder):
         raise ConfigError("resume= needs a run folder: node-run resume=outputs/NAME/TIME")
     return folder, changes

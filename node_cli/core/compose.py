@@ -42,7 +42,6 @@ def compose(overrides: list[str], hydra: bool = False):
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def experiment_defaults(name: str, trainer: str | None = None) -> dict | None:
     """The resolved config of `experiment=name` alone, or with the budget preset `trainer=NAME` (None if there is
     no such experiment or preset file). Cached: treat the result as read-only."""

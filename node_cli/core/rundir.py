@@ -23,6 +23,9 @@ from .checks import ConfigError, one_line
 METRICS, SUMMARY, CHECKPOINT = "metrics.jsonl", "summary.json", "checkpoint.pt"
 CLAIM = ".node-run.claim"   # made with O_EXCL before a run starts: two node-runs never share a folder
 CONFIG = Path(".hydra") / "config.yaml"
+# What `node-run resume=RUN_DIR` may change in a run's config: its budget, and the progress bar
+BUDGET = ("trainer.max_steps", "trainer.epochs")
+RESUMABLE = BUDGET + ("trainer.progress",)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -14,10 +14,9 @@ from omegaconf import OmegaConf
 
 from ..core.checks import ConfigError, one_line, resolve_device, validate
 from ..core.compose import flat, nearest
-from ..core.rundir import CHECKPOINT, CONFIG, load_checkpoint
+from ..core.rundir import CHECKPOINT, CONFIG, RESUMABLE, load_checkpoint
 from . import build, check
 
-RESUMABLE = ("trainer.max_steps", "trainer.epochs", "trainer.progress")   # what node-run resume= may rewrite
 TOLERANCES = ("solver.rtol", "solver.atol")
 
 
