@@ -7,9 +7,7 @@
 - `compose(*overrides)`: the config Hydra composes from conf/ (node_cli.core.compose.compose);
 - `assert_png(path)`: a PNG that is a real figure; `read_mnist(root)`: an MNIST split read independently.
 """
-import gzip
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -20,19 +18,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from node_cli.families.mnist.data import convert_pickle
+import mnist_fake   # tests/mnist_fake.py (pytest puts tests/ on sys.path: it has no __init__.py)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def fake_split(rng, n):
-    """Digit c is a bright 8x8 square at one of 10 positions, plus noise: learnable in a few steps."""
-    y = rng.integers(0, 10, size=n)
-    x = rng.integers(0, 40, size=(n, 28, 28)).astype(np.float64)
-    for i, c in enumerate(y):
-        r, col = 2 + 8 * (c // 4), 2 + 6 * (c % 4)
-        x[i, r:r + 8, col:col + 8] = 250
-    return (x.reshape(n, 784) / 256).astype(np.float32), y.astype(np.int64)
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +32,7 @@ def make_fake_mnist(tmp_path_factory):
     def make(train=384, val=128, test=200, seed=0) -> Path:
         key = (train, val, test, seed)
         if key not in made:
-            root = tmp_path_factory.mktemp("mnist")
-            rng = np.random.default_rng(seed)
-            pkl = root / "mnist.pkl.gz"
-            with gzip.open(pkl, "wb") as f:
-                pickle.dump((fake_split(rng, train), fake_split(rng, val), fake_split(rng, test)), f)
-            made[key] = convert_pickle(pkl, root / "data")
+            made[key] = mnist_fake.write(tmp_path_factory.mktemp("mnist"), train, val, test, seed)
         return made[key]
 
     return make
