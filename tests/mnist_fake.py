@@ -27,6 +27,7 @@ def write(root, train=384, val=128, test=200, seed=0) -> Path:
     """A fake mnist.pkl.gz in `root` (train + val = node-run's training set, as with the real one), converted by
     node-run's own converter; returns the dataset root, `root`/data."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     pkl = root / "mnist.pkl.gz"
     with gzip.open(pkl, "wb") as f:
