@@ -20,9 +20,9 @@ FLOW = ["experiment=nf_moons", "trainer=quick", "model.depth=2", "dataset.test_s
 
 # ------------------------------------------------------------------------------ the decision, on dict environments
 @pytest.mark.parametrize("setting, env, family, cores, expected", [
-    ("auto", {}, None, 2, (2, "auto policy (the family's: every core)")),           # MNIST: every core
+    ("auto", {}, None, 2, (2, "auto policy (the family's: every core; 2 CPUs allowed, by CPU affinity)")),  # MNIST
     ("auto", {}, 1, 2, (1, "auto policy (the family's: 1)")),                       # spirals, flows, dynamics
-    ("auto", {}, 4, 2, (2, "auto policy (the family's: 4)")),                       # never more than the cores
+    ("auto", {}, 4, 2, (2, "auto policy (the family's: 4; 2 CPUs allowed, by CPU affinity)")),  # never past the CPUs
     ("auto", {"OMP_NUM_THREADS": "1"}, None, 2, (1, "environment (OMP_NUM_THREADS)")),
     ("auto", {"OMP_NUM_THREADS": "3"}, 1, 2, (3, "environment (OMP_NUM_THREADS)")),   # even past the cores
     ("auto", {"OMP_NUM_THREADS": "4,2"}, 1, 8, (4, "environment (OMP_NUM_THREADS)")),  # nested list: first
@@ -35,6 +35,63 @@ def test_decide_never_overrides_the_user(setting, env, family, cores, expected):
     before = dict(env)
     assert threads.decide(setting, env, family, cores) == expected
     assert env == before
+
+
+# ------------------------------------------------------------------- the CPUs a run may use, from faked inputs
+@pytest.mark.parametrize("affinity, env, quota, expected", [
+    (2, {}, None, (2, "CPU affinity")),                                        # nothing else says anything
+    (2, {"SLURM_CPUS_PER_TASK": "1"}, None, (1, "SLURM_CPUS_PER_TASK=1")),    # the issue's 1-CPU job on 2 cores
+    (8, {"SLURM_CPUS_PER_TASK": "4", "SLURM_CPUS_ON_NODE": "8"}, None, (4, "SLURM_CPUS_PER_TASK=4")),
+    (8, {"SLURM_CPUS_ON_NODE": "3"}, None, (3, "SLURM_CPUS_ON_NODE=3")),       # one task: the node's allocation
+    (8, {"SLURM_CPUS_ON_NODE": "4", "SLURM_NTASKS": "2"}, None, (8, "CPU affinity")),  # shared by 2 tasks: unknown
+    (2, {"SLURM_CPUS_PER_TASK": "2"}, None, (2, "SLURM_CPUS_PER_TASK=2")),    # a tie names the scheduler
+    (4, {"SLURM_CPUS_PER_TASK": "8"}, None, (4, "CPU affinity")),             # bound to fewer than allocated
+    (4, {"SLURM_CPUS_PER_TASK": "x"}, None, (4, "CPU affinity")),             # not a number: ignored
+    (8, {}, 1.5, (2, "cgroup CPU quota 1.5")),                                # 1.5 CPUs of time: 2 threads
+    (8, {}, 0.25, (1, "cgroup CPU quota 0.25")),                              # never fewer than one
+    (1, {}, 4.0, (1, "CPU affinity")),
+    (16, {"SLURM_CPUS_PER_TASK": "6"}, 3.0, (3, "cgroup CPU quota 3")),
+])
+def test_cpus_is_the_smallest_limit_and_says_which(affinity, env, quota, expected):
+    assert threads.cpus(affinity, env, quota) == expected
+
+
+def test_auto_in_a_one_cpu_slurm_job_uses_one_thread_and_says_why():
+    n, source = threads.decide("auto", {}, None, *threads.cpus(2, {"SLURM_CPUS_PER_TASK": "1"}, None))
+    assert (n, source) == (1, "auto policy (the family's: every core; 1 CPU allowed, by SLURM_CPUS_PER_TASK=1)")
+    assert threads.decide("auto", {"OMP_NUM_THREADS": "2"}, None, 1, "SLURM_CPUS_PER_TASK=1")[0] == 2   # the user's
+
+
+def write(folder, **files):
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+@pytest.mark.parametrize("proc, files, expected", [
+    ("0::/\n", {"cpu.max": "150000 100000\n"}, 1.5),                                  # v2, a container's root
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),                                    # v2, no limit
+    ("0::/user.slice/job\n", {"user.slice/job/cpu.max": "max 100000", "user.slice/cpu.max": "200000 100000",
+                               "cpu.max": "max 100000"}, 2.0),                           # v2, a parent's limit
+    ("0::/a/b\n", {"a/b/cpu.max": "50000 100000", "a/cpu.max": "300000 100000"}, 0.5),  # v2, the smallest
+    ("0::/not/mounted\n", {"cpu.max": "400000 100000"}, 4.0),                          # own path absent: the root
+    ("2:cpuacct:/\n1:cpu:/\n0::/\n", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+    ("3:cpu,cpuacct:/docker/x\n", {"cpu,cpuacct/docker/x/cpu.cfs_quota_us": "250000",
+                                   "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000"}, 2.5),  # v1, named mount
+    ("3:cpu,cpuacct:/docker/x\n", {"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "50000"}, 2.0),
+    ("0::/\n", {"cpu.max": "garbage"}, None),                                          # unreadable: no limit
+    ("5:memory:/x\n", {"cpu.max": "100000 100000"}, None),                             # no cpu controller listed
+])
+def test_cgroup_quota_reads_v1_and_v2_files(tmp_path, proc, files, expected):
+    write(tmp_path / "fs", **files)
+    (tmp_path / "cgroup").write_text(proc)
+    assert threads.cgroup_quota(tmp_path / "fs", tmp_path / "cgroup") == expected
+    assert threads.cgroup_quota(tmp_path / "fs", tmp_path / "missing") is None
+
+
+def test_this_process_counts_no_more_cpus_than_its_affinity():
+    n, source = threads.available_cpus()
+    assert 1 <= n <= len(os.sched_getaffinity(0)) and source
 
 
 @pytest.mark.parametrize("user", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"},
