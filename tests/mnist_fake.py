@@ -1,7 +1,7 @@
 """A tiny, learnable fake MNIST in torchvision's raw layout (no network, no real data). The suite's fixtures
 (conftest.make_fake_mnist) and scripts/wheel_check.sh (against the installed wheel) both make it here:
 
-    python tests/mnist_fake.py ROOT        # ROOT/data then serves as dataset.root (dataset.download=false)
+    python tests/mnist_fake.py ROOT [TRAIN]   # ROOT/data then serves as dataset.root (dataset.download=false)
 """
 import gzip
 import pickle
@@ -36,4 +36,4 @@ def write(root, train=384, val=128, test=200, seed=0) -> Path:
 
 
 if __name__ == "__main__":
-    print(write(Path(sys.argv[1])))
+    print(write(Path(sys.argv[1]), *map(int, sys.argv[2:3])))
