@@ -3,7 +3,7 @@
 # script, run the CUDA tests (tests/test_cuda.py, marked `cuda`) and `node-bench step --device cuda`, and write all
 # of it to one log. Fails (non-zero exit) without a CUDA device, on a failed test or a failed benchmark.
 #
-#   scripts/device_check.sh                  # log: outputs/device_check/<time>/device_check.log; LOG=FILE elsewhere
+#   scripts/device_check.sh                  # log and tables: outputs/device_check/<time>/ (OUTDIR=DIR elsewhere)
 #   scripts/device_check.sh --fetch-wheels   # here, where PyPI answers: the pure-Python wheels node-run needs beyond
 #                                            # torch, torchdiffeq, matplotlib, tqdm and pytest, into .whl/ (WHEELS=DIR)
 #
@@ -11,7 +11,8 @@
 # take .whl/ along; they are installed with --no-index. Where every dependency is already importable nothing is
 # downloaded; otherwise it runs `pip install -e '.[test]'`. Budget: meant to finish in well under 8 minutes on an
 # H100 (each step has its own timeout); it has not run on a GPU yet (docs/tools/bench.md, "CUDA").
-# NODE_RUN_CUDA_TESTS_ON=cpu rehearses the whole script on a CPU (tests and benchmark on the CPU: says nothing of CUDA).
+# NODE_RUN_CUDA_TESTS_ON=cpu rehearses the whole script on a CPU (tests and benchmark on the CPU: says nothing of CUDA);
+# PYTEST_ADDOPTS (pytest's own, e.g. "-k cnf_moons") and BENCH_ARGS (extra node-bench flags) shorten a rehearsal.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -29,10 +30,11 @@ fi
 
 device=cuda
 [ "${NODE_RUN_CUDA_TESTS_ON:-cuda}" = cpu ] && device=cpu
-stamp="$(date +%Y-%m-%d_%H-%M-%S)"
-out="outputs/device_check/$stamp"
+out="${OUTDIR:-outputs/device_check/$(date +%Y-%m-%d_%H-%M-%S)}"
 LOG="${LOG:-$out/device_check.log}"
 mkdir -p "$out" "$(dirname "$LOG")"
+tmp="$(mktemp -d -t node-run-device-XXXXXX)"
+trap 'rm -rf "$tmp"' EXIT
 exec > >(tee -a "$LOG") 2>&1
 say() { echo "device_check: $*"; }
 failed=()
@@ -45,9 +47,12 @@ nvidia-smi -L 2>/dev/null || say "no nvidia-smi"
 if [ -d "$wheels" ]; then
     "$python" -m pip install --quiet --no-index --no-deps "$wheels"/*.whl || { say "FAILED: installing $wheels"; exit 1; }
 fi
-if "$python" -c "import torch, torchdiffeq, hydra, omegaconf, matplotlib, tqdm, pytest" 2>/dev/null; then
+missing="$("$python" -c "import importlib.util as u; print(' '.join(m for m in 'torch torchvision torchdiffeq hydra \
+omegaconf yaml matplotlib tqdm pytest'.split() if u.find_spec(m) is None))")"
+if [ -z "$missing" ]; then   # everything there: nothing to download
     "$python" -m pip install --quiet --no-deps --no-build-isolation -e . || { say "FAILED: pip install -e ."; exit 1; }
 else
+    say "not importable: $missing; pip install -e '.[test]' (needs PyPI)"
     "$python" -m pip install --quiet -e '.[test]' || { say "FAILED: pip install -e '.[test]'"; exit 1; }
 fi
 "$python" - "$device" <<'EOF' || { say "FAILED: no usable $device device"; exit 1; }
@@ -69,9 +74,11 @@ fi
 
 # 3. node-bench step on the device (the tiny fake MNIST of the tests, 2048 training images: the step's shapes are
 #    MNIST's, its solver steps those of that data, not of real MNIST).
-mnist="$("$python" tests/mnist_fake.py "$out/mnist" 2048)"
+mnist="$("$python" tests/mnist_fake.py "$tmp/mnist" 2048)"
 say "node-bench step --device $device"
-if ! timeout 240 "$python" -m node_cli.bench.cli step --device "$device" --data-root "$mnist" --out "$out/bench_step"; then
+# shellcheck disable=SC2086  # BENCH_ARGS: extra node-bench flags, as words (e.g. "--models odenet --steps 2")
+if ! timeout 240 "$python" -m node_cli.bench.cli step --device "$device" --data-root "$mnist" --out "$out/bench_step" \
+        ${BENCH_ARGS:-}; then
     failed+=("node-bench step")
 fi
 
