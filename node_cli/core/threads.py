@@ -89,7 +89,8 @@ def cpus(affinity: int, env, quota: float | None) -> tuple[int, str]:
     found = []
     for key in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
         value = str(env.get(key, "")).strip()
-        if value.isdigit() and int(value) > 0 and (key == "SLURM_CPUS_PER_TASK" or env.get("SLURM_NTASKS", "1") == "1"):
+        applies = key == "SLURM_CPUS_PER_TASK" or env.get("SLURM_NTASKS", "1") == "1"   # ON_NODE: one task only
+        if value.isdigit() and int(value) > 0 and applies:
             found.append((int(value), f"{key}={value}"))
             break
     if quota is not None and quota > 0:
@@ -121,11 +122,12 @@ def cgroup_quota(root="/sys/fs/cgroup", proc="/proc/self/cgroup") -> float | Non
                 folder = base.joinpath(*parts[:depth])   # its own path is often not mounted: the root is)
                 try:
                     values = " ".join(folder.joinpath(f).read_text() for f in files).split()
-                    quota, period = values[0], int(values[1])
+                    quota = None if values[0] in ("max", "-1") else int(values[0])
+                    period = int(values[1])
                 except (OSError, IndexError, ValueError):
                     continue
-                if quota not in ("max", "-1") and period > 0 and int(quota) > 0:
-                    found.append(int(quota) / period)
+                if quota is not None and quota > 0 and period > 0:
+                    found.append(quota / period)
     return min(found) if found else None
 
 

@@ -80,6 +80,7 @@ def write(folder, **files):
                                    "cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000"}, 2.5),  # v1, named mount
     ("3:cpu,cpuacct:/docker/x\n", {"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "50000"}, 2.0),
     ("0::/\n", {"cpu.max": "garbage"}, None),                                          # unreadable: no limit
+    ("0::/\n", {"cpu.max": "lots 100000"}, None),
     ("5:memory:/x\n", {"cpu.max": "100000 100000"}, None),                             # no cpu controller listed
 ])
 def test_cgroup_quota_reads_v1_and_v2_files(tmp_path, proc, files, expected):
