@@ -3,7 +3,7 @@ Start one on this machine with `scripts/slurm_local.sh start` (Debian, root; .ci
 
 Four cases, all sweeps of the same tiny spirals run (seed 0), started at once so that SLURM's waits overlap:
 (a) a sweep of 2 jobs, both ok; its seed-0 job is the uninterrupted run the other cases must equal exactly;
-(b) a time limit: 1 minute, SLURM's signal 5 s before it (it comes up to 30 s earlier still: SLURM looks at time
+(b) a time limit: 1 minute, SLURM's signal 5 s before it (SLURM may send it up to a minute earlier: it looks at time
     limits every 30 s); the job saves, submitit requeues it, the requeued job continues from its checkpoint;
 (c) a preemption: `scontrol requeue JOBID` mid-training (SLURM sends SIGTERM and requeues the job itself);
 (d) the signal during start-up, twice: while the job imports (before submitit handles its signal) and while
