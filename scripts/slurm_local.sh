@@ -62,7 +62,7 @@ write_config() {
     cat >"$CONF" <<EOF
 $MARK ($(date -Is)); removed by: scripts/slurm_local.sh stop
 ClusterName=noderun
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=$STATE/ctld
@@ -85,7 +85,7 @@ SchedulerType=sched/backfill
 AuthInfo=cred_expire=20
 SchedulerParameters=sched_interval=5,bf_interval=5
 ReturnToService=2
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -117,7 +117,15 @@ start() {
 }
 
 stop() {
-    local name
+    local name jobs
+    if alive "$STATE/slurmctld.pid"; then      # our cluster: end its jobs first (their processes belong to slurmd)
+        jobs=$(timeout 10 squeue -h -o %A 2>/dev/null || true)
+        if [ -n "$jobs" ]; then
+            say "cancelling jobs: $(echo $jobs)"
+            scancel $jobs || true
+            for _ in $(seq 40); do [ -z "$(timeout 10 squeue -h -o %A 2>/dev/null)" ] && break; sleep 1; done
+        fi
+    fi
     for name in slurmd slurmctld munged; do       # only what start started (its pid files under $STATE)
         if alive "$STATE/$name.pid"; then
             kill "$(cat "$STATE/$name.pid")"

@@ -49,7 +49,8 @@ def _sinfo() -> str | None:
     r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
     states = set(r.stdout.split())
     if r.returncode != 0 or not states & {"idle", "mix", "alloc"}:
-        return f"no SLURM node answers (sinfo: {(r.stderr or r.stdout).strip() or 'no nodes'})"
+        said = (r.stderr or r.stdout).strip().splitlines()
+        return f"no SLURM node answers ({said[-1] if said else 'sinfo lists no node'})"
     return None
 
 
