@@ -53,8 +53,8 @@ start_munge() {
 write_config() {
     local node host
     node=$(slurmd -C | head -1)                    # NodeName=HOST CPUs=N ... RealMemory=MB, as slurmd sees them
-    host=$(hostname -s)
-    [ -n "$node" ] || fail "slurmd -C printed nothing"
+    host=$(echo "$node" | sed -n 's/^NodeName=\([^ ]*\).*/\1/p')
+    [ -n "$host" ] || fail "slurmd -C printed no NodeName"
     if [ -e "$CONF" ] && ! head -1 "$CONF" | grep -qF "$MARK"; then
         fail "$CONF exists and was not written by this script: start that cluster, or move the file away"
     fi
@@ -105,7 +105,7 @@ start() {
     alive "$STATE/slurmctld.pid" || slurmctld || fail "slurmctld did not start (see $STATE/slurmctld.log)"
     alive "$STATE/slurmd.pid" || slurmd || fail "slurmd did not start (see $STATE/slurmd.log)"
     local node state
-    node=$(hostname -s)
+    node=$(slurmd -C | sed -n 's/^NodeName=\([^ ]*\).*/\1/p')
     for _ in $(seq "$WAIT_S"); do
         state=$(timeout 10 sinfo -h -n "$node" -o %t 2>/dev/null || true)
         case "$state" in idle|mix|alloc) break ;; esac   # mix/alloc: jobs of an earlier start still run
