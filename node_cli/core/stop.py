@@ -107,8 +107,9 @@ def hold_preemption() -> None:
     def hold(signum, frame):
         if not held:
             held.append(signum)
-            print(f"node-run: {signal.Signals(signum).name} received while the job starts: held until it can be "
-                  "handled (save, requeue)", file=sys.stderr, flush=True)
+            # os.write: a print could land inside another write to stderr (a reentrant call: an error in the import)
+            os.write(2, f"node-run: {signal.Signals(signum).name} received while the job starts: held until it can be "
+                        "handled (save, requeue)\n".encode())
             threading.Thread(target=resend, daemon=True).start()
 
     signal.signal(signum, hold)

@@ -220,8 +220,9 @@ def _logs(sweep: Path) -> str:
 
 def _ok(case, sweeps) -> tuple[Path, dict, str]:
     sweep, r, notes = sweeps[case]
-    assert not any(n.startswith(("driver error", "sweep still running")) for n in notes), (notes, r.stderr[-3000:], _logs(sweep)[-5000:])
-    assert r.returncode == 0, (r.stderr[-3000:], _logs(sweep)[-5000:])
+    why = (notes, r.stderr[-3000:], _logs(sweep)[-5000:])
+    assert not any(n.startswith(("driver error", "sweep still running")) for n in notes), why
+    assert r.returncode == 0, why
     summary = json.loads((sweep / "0" / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["steps"] == 60, summary
     return sweep / "0", summary, _logs(sweep)
