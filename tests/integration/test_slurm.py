@@ -51,6 +51,9 @@ def _sinfo() -> str | None:
     if r.returncode != 0 or not states & {"idle", "mix", "alloc"}:
         said = (r.stderr or r.stdout).strip().splitlines()
         return f"no SLURM node answers ({said[-1] if said else 'sinfo lists no node'})"
+    nodes = subprocess.run(["sinfo", "-h", "-o", "%n"], capture_output=True, text=True, timeout=30).stdout.split()
+    if os.uname().nodename.split(".")[0] not in nodes:   # the test watches and pauses the job's own process
+        return f"this machine is not a node of the SLURM cluster that answers (nodes: {' '.join(nodes)})"
     return None
 
 
@@ -209,8 +212,9 @@ def sweeps(tmp_path_factory):
         for t in threads:
             t.join(timeout=10)
     print(f"\nSLURM cases: {time.time() - started:.0f} s wall for all four, run at once")
-    for case, (_, _, n) in results.items():
-        print(f"  {case}: " + "; ".join(n))
+    for case, (_, r, n) in results.items():   # shown with -s, or when a test fails
+        said = [line for line in r.stderr.splitlines() if line.startswith("node-run:")]
+        print(f"  {case}: exit {r.returncode}; " + "; ".join(n + said))
     return results
 
 
