@@ -22,7 +22,8 @@ from . import families
 from .core.checks import ConfigError, DataError, one_line, validate
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
-from .core.rundir import CHECKPOINT, CLAIM, SUMMARY, claim, holds_run, load_checkpoint, read_summary
+from .core.rundir import (CHECKPOINT, CLAIM, METRICS, SUMMARY, claim, holds_run, load_checkpoint, read_summary,
+                           truncate_metrics)
 from .experiment import FAILED, INTERRUPTED, execute, finish
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
@@ -52,10 +53,14 @@ def run(cfg) -> float | None:
 
 def requeued(cfg, out_dir) -> dict:
     """A job that finds its folder holding an interrupted run of the same config is a requeued one (SLURM after a
-    preemption or time-out): it continues from the checkpoint. The pre-check refuses such folders on the command
-    line, so nothing else gets here."""
+    preemption or time-out): it continues from the checkpoint, or starts again when the run was stopped before its
+    first one (during start-up). The pre-check refuses such folders on the command line, so nothing else gets here."""
     folder = Path(out_dir)
     if not (folder / CHECKPOINT).is_file():
+        if (folder / SUMMARY).is_file() or (folder / METRICS).is_file():   # stopped before its first checkpoint
+            print(f"node-run: {folder} holds this job's run, stopped before its first checkpoint: starting it "
+                  "again", file=sys.stderr, flush=True)
+            truncate_metrics(folder, -1)   # the new start writes its own lines
         return {}
     ckpt = load_checkpoint(folder / CHECKPOINT)
     if ckpt.get("config") != OmegaConf.to_container(cfg) or ckpt.get("format") != 2:
@@ -89,6 +94,34 @@ class SweepStatus(Callback):
                 FAILED.append(str(job))
                 print(f"node-run: error: sweep job {job} did not finish ok (see its {SUMMARY})",
                       file=sys.stderr, flush=True)
+
+
+class SacctNote(Callback):
+    """On a SLURM cluster without job accounting every poll of submitit's launcher prints sacct's error and three
+    copies of submitit's warning about it. Say once what it means, in node-run's words, and drop submitit's
+    warnings (sacct's own line, printed by the sacct command, stays). Registered in conf/config.yaml."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if str(OmegaConf.select(config, "hydra.launcher._target_", default="")).endswith("SlurmLauncher"):
+            import logging
+            import submitit  # noqa: F401  (configures its logger first: the filter goes on that logger)
+
+            logging.getLogger("submitit").addFilter(self._sacct_filter)
+
+    @staticmethod
+    def _sacct_filter(record) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if not SacctNote.said:
+            SacctNote.said = True
+            print("node-run: sacct fails on this cluster (no job accounting, common on small clusters): submitit "
+                  "then learns that a job ended only from the result file the job writes. Jobs run, save and "
+                  "requeue as usual; a job killed before it could write one (out of memory, scancel) leaves this "
+                  "sweep waiting: see squeue and the job's log in .submitit/. submitit's sacct warnings are not "
+                  "repeated.", file=sys.stderr, flush=True)
+        return False
+
+    said = False
 
 
 def precheck(argv: list[str]) -> list[str]:

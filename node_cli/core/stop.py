@@ -2,13 +2,19 @@
 signal of a submitit/SLURM job are caught by one `Watcher` per process.
 
 - While a run loads its data and builds its model (`immediate` mode) a signal stops it at once, as a
-  KeyboardInterrupt: the run's summary then says `interrupted`.
+  KeyboardInterrupt: the run's summary then says `interrupted` (nothing to save yet), and the signal is handed on
+  as below, so a SLURM job stopped during start-up is requeued too.
 - While it trains, a signal sets `requested`; the loop looks at it after every step, saves a checkpoint of that
   step and ends the run as `interrupted`. A second Ctrl-C stops at once.
 
 Handlers are installed only in the main thread and put back when the outermost `watch()` ends; a handler that was
 there before (submitit's requeue on its preemption signal) is called then, after the run is saved, so a preempted
 SLURM job is requeued and continues from its checkpoint (cli.py resumes a job folder holding an interrupted run).
+
+In a submitit job, submitit installs its requeue handler only after it has unpickled the job, which imports
+node_cli and torch (seconds); until then the preemption signal's default action would kill the job, out of the
+requeue chain. `hold_preemption()`, called when node_cli is first imported, holds such a signal and sends it again
+as soon as a handler is installed.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 PREEMPT = "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")
 last_signal: int | None = None   # the signal that stopped the last run (the process's exit status is 128 + it)
@@ -31,6 +38,8 @@ class Watcher:
         global last_signal
         last_signal = signum
         if self.immediate or (self.requested and signum == signal.SIGINT):
+            if not self.requested:   # still hand it on when the outermost watch ends (submitit: requeue)
+                self.requested, self.signum, self.name = True, signum, signal.Signals(signum).name
             raise KeyboardInterrupt
         self.requested, self.signum, self.name = True, signum, signal.Signals(signum).name
         print(f"node-run: {self.name} received: stopping after this step and saving it"
@@ -78,3 +87,29 @@ def watch(immediate: bool):
         if outer:
             _active = None
             watcher.uninstall()
+
+
+def hold_preemption() -> None:
+    """In a submitit job (SUBMITIT_EXECUTOR set) whose preemption signal nothing handles yet: hold that signal when
+    it comes, and send it to this process again once a handler is installed (submitit's requeue or node-run's
+    watcher), instead of dying by its default action. Elsewhere it does nothing."""
+    signum = getattr(signal, PREEMPT, None)
+    if (signum is None or not os.environ.get("SUBMITIT_EXECUTOR") or signal.getsignal(signum) is not signal.SIG_DFL
+            or threading.current_thread() is not threading.main_thread()):
+        return
+    held = []
+
+    def resend():
+        while signal.getsignal(signum) is hold:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signum)
+
+    def hold(signum, frame):
+        if not held:
+            held.append(signum)
+            # os.write: a print could land inside another write to stderr (a reentrant call: an error in the import)
+            os.write(2, f"node-run: {signal.Signals(signum).name} received while the job starts: held until it can be "
+                        "handled (save, requeue)\n".encode())
+            threading.Thread(target=resend, daemon=True).start()
+
+    signal.signal(signum, hold)
