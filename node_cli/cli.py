@@ -19,10 +19,11 @@ from omegaconf import OmegaConf
 from hydra.experimental.callback import Callback
 
 from . import families
-from .core.checks import ConfigError, DataError, one_line, validate
+from .core.checks import ConfigError, DataError, StorageError, one_line, validate
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
-from .core.rundir import CHECKPOINT, CLAIM, SUMMARY, claim, holds_run, load_checkpoint, read_summary
+from .core.rundir import (CHECKPOINT, CLAIM, SUMMARY, check_state, claim, holds_run, load_checkpoint,
+                          read_summary)
 from .experiment import FAILED, INTERRUPTED, execute, finish
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
@@ -37,7 +38,7 @@ def run(cfg) -> float | None:
     out_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = execute(cfg, out_dir, **requeued(cfg, out_dir))
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, StorageError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr, flush=True)
         FAILED.append(out_dir)
         return None
@@ -60,6 +61,7 @@ def requeued(cfg, out_dir) -> dict:
     ckpt = load_checkpoint(folder / CHECKPOINT)
     if ckpt.get("config") != OmegaConf.to_container(cfg) or ckpt.get("format") != 2:
         raise ConfigError(f"{folder} holds another run; node-run never overwrites a run")
+    check_state(ckpt, folder / CHECKPOINT)
     try:
         history = read_summary(folder).get("resumed", [])
     except (OSError, ValueError):
@@ -154,7 +156,10 @@ def precheck(argv: list[str]) -> list[str]:
     if sweeper != "basic":   # a search sweeper runs hydra.sweeper.n_trials jobs (when it says how many)
         trials = OmegaConf.select(fixed, "hydra.sweeper.n_trials")
         jobs = jobs * int(trials) if isinstance(trials, int) and trials > 0 else jobs
-    return claim_folders(jobs, multirun)
+    try:
+        return claim_folders(jobs, multirun)
+    except OSError as exc:   # a read-only place, a path through a file, /proc, a name too long
+        raise ConfigError(f"cannot make the run folder: {exc.strerror or one_line(exc)}: {exc.filename}") from None
 
 
 def _parse(args: list[str]):
@@ -199,6 +204,9 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
             raise ConfigError(f"{folder} already holds a run; choose another "
                               f"{'hydra.sweep.dir' if multirun else 'hydra.run.dir'} (node-run never overwrites a "
                               "run; node-run resume=FOLDER continues one)")
+        if not holds_run(folder) and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise ConfigError(f"{folder} is {'not empty' if folder.is_dir() else 'a file'}: a run folder must be new "
+                              f"or empty; choose another {'hydra.sweep.dir' if multirun else 'hydra.run.dir'}")
     for folder in folders:
         claim(folder)
     return pin

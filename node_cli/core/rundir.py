@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -52,6 +53,9 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:   # a full disk's write errors name no file: name the one being written
+        exc.filename = str(path) if exc.filename in (None, tmp) else exc.filename
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -91,7 +95,9 @@ class RunDir:
         write_json(self.path / SUMMARY, summary)
 
     def save_checkpoint(self, state: dict) -> None:
-        atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        buffer = io.BytesIO()   # torch reports a failed file write as a RuntimeError; Python's is an OSError
+        torch.save(state, buffer)
+        atomic_write(self.path / CHECKPOINT, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def read_metrics(path) -> list[dict]:
@@ -164,6 +170,37 @@ def load_checkpoint(path) -> dict:
     if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
         raise ConfigError(f"{path} is not a node-run checkpoint (no model weights and config)")
     return ckpt
+
+
+def load_config(folder):
+    """A run's `.hydra/config.yaml` as node-run wrote it (tags such as !!python are refused, never executed); a
+    missing, unreadable or foreign file is one ConfigError."""
+    from omegaconf import OmegaConf
+
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise ConfigError(f"{folder} is not a node-run run folder (no {CONFIG}: cannot tell what the run is)")
+    try:
+        cfg = OmegaConf.load(folder / CONFIG)
+        if not OmegaConf.is_dict(cfg) or "solver" not in cfg or "task" not in cfg:
+            raise ValueError("not a node-run config (no task or solver)")
+    except Exception as exc:  # noqa: BLE001 - not YAML, a tag no safe loader builds, or not a mapping
+        raise ConfigError(f"cannot read {folder / CONFIG}: {one_line(exc, 200)}") from None
+    return cfg
+
+
+# What continuing a run reads from its checkpoint (format 2: core/train.py's Loop.state and Loop.restore)
+STATE_KEYS = ("model", "optimizer", "scheduler", "pre_end", "step", "epoch", "in_epoch", "final", "pending",
+              "metrics", "totals", "window", "wall_time", "rng", "epoch_rng", "generators", "config")
+
+
+def check_state(ckpt: dict, path) -> None:
+    """ConfigError (one line) unless the checkpoint holds everything a resumed run reads."""
+    missing = [k for k in STATE_KEYS if k not in ckpt]
+    if missing or not isinstance(ckpt["step"], int) or isinstance(ckpt["step"], bool):
+        raise ConfigError(f"{path} is damaged or was not written by node-run ("
+                          + (f"no {', '.join(missing)}" if missing else f"step={ckpt['step']!r}")
+                          + "): it cannot be continued")
 
 
 # ------------------------------------------------------------------------------------------------ reading runs
