@@ -10,6 +10,7 @@ from .core.threads import prepare_environment
 prepare_environment()
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -224,6 +225,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
     sys.argv = [sys.argv[0]] + argv
+    # A sweeper's own error after its jobs ran (Optuna when every trial failed: "No trials are completed yet") is
+    # printed by Hydra as a traceback; have Hydra raise it here instead, to say it in one line
+    sweep_errors = any(a in ("-m", "--multirun") for a in argv) and "HYDRA_FULL_ERROR" not in os.environ
+    if sweep_errors:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         with stop.watch(immediate=True):
             run()
@@ -232,6 +238,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"node-run: interrupted; {Path(stopped[-1]) / SUMMARY} says so" if stopped else
               "node-run: interrupted before a run started", file=sys.stderr)
         sys.exit(128 + (stop.last_signal or 2))
+    except Exception as exc:
+        if not sweep_errors:
+            raise
+        failed = f" ({len(FAILED)} of its jobs did not finish ok; each one's {SUMMARY} says why)" if FAILED else ""
+        print(f"node-run: error: the sweep ended with an error: {type(exc).__name__}: {one_line(exc, 300)}{failed}",
+              file=sys.stderr)
+        sys.exit(1)
     if FAILED:
         sys.exit(1)
 
