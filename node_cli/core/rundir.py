@@ -251,6 +251,35 @@ class Run:
         return int((self.summary or {}).get("steps") or 0)
 
 
+# The type of every summary field a tool reads (None: the field may be null). Numbers: these, and every field
+# named test_*, train_* or eval_* (a run's metrics); NaN and inf are written as null.
+_NUMBER = (int, float, type(None))
+SUMMARY_TYPES = dict(
+    status=str, error=(str, type(None)), experiment=str, task=str, model=str, dataset=str, device=str,
+    evaluation=(str, type(None)), objective=(str, type(None)), peak_memory_method=str, run_dir=str,
+    steps=int, epochs=int, params=int, seed=int, batch_size=int, solver=dict, resumed=list, figures=list,
+    **dict.fromkeys(("nfe_forward", "nfe_backward", "solver_accepted", "solver_rejected", "solver_min_dt",
+                     "sec_per_step", "examples_per_sec", "wall_time", "activation_bytes", "peak_memory_bytes",
+                     "memory_step_nfe_forward", "objective_value"), _NUMBER))
+_KINDS = {str: "a string", int: "an integer", dict: "an object", list: "a list", _NUMBER: "a number or null"}
+
+
+def summary_problem(summary: dict) -> str | None:
+    """What is wrong with a summary's field types (the first bad field), None if nothing."""
+    for key, value in summary.items():
+        wanted = SUMMARY_TYPES.get(key, _NUMBER if key.startswith(("test_", "train_", "eval_")) else object)
+        if not isinstance(value, wanted) or (isinstance(value, bool) and wanted is not object):
+            kind = _KINDS.get(wanted) or _KINDS.get(wanted[0]) + " or null"
+            return f"{key}={value!r} is not {kind}"
+    return None
+
+
+def _metrics_row(row) -> bool:
+    """A metrics line as node-run writes it: an object of numbers, true/false and nulls, with an integer step."""
+    return (isinstance(row, dict) and isinstance(row.get("step", 0), int)
+            and all(isinstance(v, (int, float, type(None))) for v in row.values()))
+
+
 def load_run(path: Path) -> Run:
     """Read a run folder; every file that is missing or damaged becomes a line in `run.problems`."""
     run = Run(Path(path))
@@ -274,12 +303,12 @@ def load_run(path: Path) -> Run:
                 row = json.loads(line)
             except ValueError:
                 row = None
-            if isinstance(row, dict):
+            if _metrics_row(row):
                 run.metrics.append(row)
             else:
                 bad += int(bool(line.strip()))
         if bad:
-            run.problems.append(f"{METRICS}: {bad} unreadable line(s) skipped (half-written?)")
+            run.problems.append(f"{METRICS}: {bad} unreadable line(s) skipped (half-written or damaged?)")
     if (run.path / SUMMARY).is_file():
         try:
             run.summary = read_summary(run.path)
@@ -288,6 +317,10 @@ def load_run(path: Path) -> Run:
             run.summary = None
             run.status = "unreadable"
             run.problems.append(f"{SUMMARY} is not valid JSON (half-written?): {one_line(exc, 200)}")
+        wrong = summary_problem(run.summary) if run.summary is not None else None
+        if wrong:   # one bad field and the run is not used: its other numbers cannot be trusted either
+            run.summary, run.status = None, "unreadable"
+            run.problems.append(f"{SUMMARY} is damaged or not node-run's: {wrong}")
     else:
         last = run.metrics[-1].get("step") if run.metrics else None
         run.problems.append(f"no {SUMMARY}: still running or stopped before the end"
