@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,7 @@ FLOW = ["experiment=nf_moons", "trainer=quick", "model.depth=2", "dataset.test_s
     (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'"),
     (["solver.rtl=1e-3"], "(did you mean solver.rtol?)"),
     (["-m", "hydra/launcher=joblib", "seed=abc,0,1"], "seed='abc' is not allowed"),
+    (["experiment=mnist_odenet", "model.channels=100000"], "the model this config describes cannot be built"),
 ])
 def test_bad_keys_are_one_line_exit_2_and_no_folder(tmp_path, node_run, args, message):
     out = tmp_path / "never"
@@ -49,6 +51,56 @@ def test_bad_keys_are_one_line_exit_2_and_no_folder(tmp_path, node_run, args, me
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def _ro_folder(tmp_path):
+    """A folder no one may write into (a read-only tmpfs where root may mount one: root ignores permissions)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                        capture_output=True).returncode != 0:
+        pytest.skip("root, and no read-only tmpfs can be mounted here")
+    return folder
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda tmp: Path("/"), "/ is not empty: a run folder must be new or empty"),
+    (lambda tmp: _touch(tmp / "notes.txt").parent, "is not empty: a run folder must be new or empty"),
+    (lambda tmp: _touch(tmp / "file"), "is a file: a run folder must be new or empty"),
+    (lambda tmp: _touch(tmp / "file") / "run", "cannot make the run folder: Not a directory"),
+    (lambda tmp: Path("/proc/node-run-test"), "cannot make the run folder: No such file or directory"),
+    (lambda tmp: tmp / ("d" * 300), "cannot make the run folder: File name too long"),
+    (lambda tmp: _ro_folder(tmp) / "run", "cannot make the run folder: "),
+])
+def test_a_run_folder_must_be_new_or_empty_and_makeable(tmp_path, capsys, where, message):
+    from node_cli.cli import main
+
+    folder = where(tmp_path)
+    before = _listing(folder)
+    try:
+        with pytest.raises(SystemExit) as exit:
+            main([*FLOW, "trainer.max_steps=2", f"hydra.run.dir={folder}"])
+    finally:
+        if folder.parent.name == "ro" and os.geteuid() == 0:
+            subprocess.run(["umount", str(folder.parent)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and message in err and err.startswith("node-run: error: "), err
+    assert err.strip().count("\n") == 0
+    assert _listing(folder) == before   # nothing written there
+
+
+def _touch(path):
+    path.write_text("x")
+    return path
+
+
+def _listing(folder):
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return None
 
 
 def test_appended_unknown_key_names_the_nearest_known_one(node_run, tmp_path):
