@@ -204,6 +204,70 @@ def test_a_signal_while_the_data_load_writes_the_summary(tmp_path, monkeypatch):
     assert summary["status"] == "interrupted" and "before the first training step" in summary["error"]
 
 
+def test_a_full_disk_ends_the_run_with_status_error_and_keeps_the_earlier_files(tmp_path, monkeypatch):
+    import errno
+    from node_cli.core import rundir
+    from node_cli.core.checks import StorageError
+    from node_cli.experiment import configure, execute
+
+    cfg = configure([*FLOW, "trainer.max_steps=4", "trainer.eval_every=1", "device=cpu"])
+    real, saved = rundir.atomic_write, []
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))   # as a write to a full disk fails: no file named
+
+    def atomic_write(path, write):   # the disk fills up after the first checkpoint
+        real(path, full if path.name == "checkpoint.pt" and saved else write)
+        saved.append(path.read_bytes()) if path.name == "checkpoint.pt" else None
+
+    monkeypatch.setattr(rundir, "atomic_write", atomic_write)
+    with pytest.raises(StorageError) as err:
+        execute(cfg, tmp_path)
+    assert str(err.value).startswith(f"no space left on device at {tmp_path / 'checkpoint.pt'}")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "error" and summary["error"] == f"no space left on device at {tmp_path / 'checkpoint.pt'}"
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved[0]              # the step-1 checkpoint, intact
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_full_tmpfs_is_one_line_exit_1(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("no tmpfs can be mounted here (needs root)")
+    try:
+        (disk / "filler").write_bytes(b"\0" * (1024 - 72) * 1024)   # 72 KiB left: one checkpoint (28 KiB) fits, not two
+        folder = disk / "run"
+        proc = _start([*FLOW, "trainer.max_steps=50", "trainer.eval_every=5", f"hydra.run.dir={folder}"])
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in err, err
+        errors = [line for line in err.splitlines() if line.startswith("node-run: error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"node-run: error: no space left on device at {folder}")
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["status"] == "error" and summary["error"].startswith("no space left on device at")
+        assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] >= 5
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_a_run_folder_deleted_mid_run_is_one_line_exit_1(tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    proc = _start([*SPIRALS, f"hydra.run.dir={folder}"])
+    deadline = time.time() + 120
+    while not (folder / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    shutil.rmtree(folder)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("node-run: error:")]
+    assert len(errors) == 1 and f"{folder} no longer exists: was it deleted while the run was running?" in errors[0]
+    assert "no summary.json could be written" in errors[0]
+
+
 # ----------------------------------------------------------------------- 1: untrusted checkpoints never run code
 class Payload:
     def __init__(self, path):
