@@ -225,7 +225,8 @@ def test_a_full_disk_ends_the_run_with_status_error_and_keeps_the_earlier_files(
         execute(cfg, tmp_path)
     assert str(err.value).startswith(f"no space left on device at {tmp_path / 'checkpoint.pt'}")
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "error" and summary["error"] == f"no space left on device at {tmp_path / 'checkpoint.pt'}"
+    assert summary["status"] == "error"
+    assert summary["error"] == f"no space left on device at {tmp_path / 'checkpoint.pt'}"
     assert (tmp_path / "checkpoint.pt").read_bytes() == saved[0]              # the step-1 checkpoint, intact
     assert not list(tmp_path.glob(".*.tmp"))
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -48,8 +48,8 @@ def test_search_syntax_is_checked_before_any_job(tmp_path, node_run):
 
 def test_a_search_where_every_trial_fails_ends_in_one_line_exit_1(tmp_path, node_run):
     sweep = tmp_path / "search"
-    r = node_run("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "experiment=dynamics_spiral", "trainer=quick",
-                 "trainer.max_steps=2", "trainer.progress=false", "solver.max_num_steps=1",
+    r = node_run("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "experiment=dynamics_spiral",
+                 "trainer=quick", "trainer.max_steps=2", "trainer.progress=false", "solver.max_num_steps=1",
                  "trainer.lr=interval(1e-3,1e-2)", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.splitlines()[-1] == ("node-run: error: the sweep ended with an error: ValueError: No trials are "

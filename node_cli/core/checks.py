@@ -134,7 +134,8 @@ def validate(cfg, training: bool = True) -> None:
     _solver_options(s)
     if training and s.method == "scipy_solver" and not s.adjoint:
         raise ConfigError("solver.method=scipy_solver needs solver.adjoint=true to train: scipy solves on NumPy "
-                          "arrays, so no gradient flows back through its solve (the adjoint's backward solve gives one)")
+                          "arrays, so no gradient flows back through its solve (the adjoint's backward solve gives "
+                          "one)")
     t = cfg.trainer
     positive(t.epochs, "trainer.epochs", integer=True)
     positive(t.max_steps, "trainer.max_steps", integer=True, allow_none=True)

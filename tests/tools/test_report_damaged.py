@@ -16,7 +16,8 @@ def _report(*args):
     ("[1, 2]", None, "not an object"),
     (None, "3\n", "unreadable line"),
     # issue 21: every field is type-checked on reading
-    ('{"status": "ok", "steps": "many"}', None, "summary.json is damaged or not node-run's: steps='many' is not an integer"),
+    ('{"status": "ok", "steps": "many"}', None,
+     "summary.json is damaged or not node-run's: steps='many' is not an integer"),
     ('{"status": "ok", "test_nll": "low"}', None, "test_nll='low' is not a number or null"),
     (None, '{"step": "ten", "test_nll": 1.0}\n', "unreadable line"),
 ])
