@@ -10,6 +10,7 @@ from .core.threads import prepare_environment
 prepare_environment()
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -19,11 +20,11 @@ from omegaconf import OmegaConf
 from hydra.experimental.callback import Callback
 
 from . import families
-from .core.checks import ConfigError, DataError, one_line, validate
+from .core.checks import ConfigError, DataError, StorageError, one_line, validate
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
-from .core.rundir import (CHECKPOINT, CLAIM, METRICS, SUMMARY, claim, holds_run, load_checkpoint, read_summary,
-                           truncate_metrics)
+from .core.rundir import (CHECKPOINT, CLAIM, METRICS, SUMMARY, check_state, claim, holds_run, load_checkpoint,
+                           read_summary, truncate_metrics)
 from .experiment import FAILED, INTERRUPTED, execute, finish
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
@@ -38,7 +39,7 @@ def run(cfg) -> float | None:
     out_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = execute(cfg, out_dir, **requeued(cfg, out_dir))
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, StorageError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr, flush=True)
         FAILED.append(out_dir)
         return None
@@ -65,6 +66,7 @@ def requeued(cfg, out_dir) -> dict:
     ckpt = load_checkpoint(folder / CHECKPOINT)
     if ckpt.get("config") != OmegaConf.to_container(cfg) or ckpt.get("format") != 2:
         raise ConfigError(f"{folder} holds another run; node-run never overwrites a run")
+    check_state(ckpt, folder / CHECKPOINT)
     try:
         history = read_summary(folder).get("resumed", [])
     except (OSError, ValueError):
@@ -187,7 +189,10 @@ def precheck(argv: list[str]) -> list[str]:
     if sweeper != "basic":   # a search sweeper runs hydra.sweeper.n_trials jobs (when it says how many)
         trials = OmegaConf.select(fixed, "hydra.sweeper.n_trials")
         jobs = jobs * int(trials) if isinstance(trials, int) and trials > 0 else jobs
-    return claim_folders(jobs, multirun)
+    try:
+        return claim_folders(jobs, multirun)
+    except OSError as exc:   # a read-only place, a path through a file, /proc, a name too long
+        raise ConfigError(f"cannot make the run folder: {exc.strerror or one_line(exc)}: {exc.filename}") from None
 
 
 def _parse(args: list[str]):
@@ -232,6 +237,9 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
             raise ConfigError(f"{folder} already holds a run; choose another "
                               f"{'hydra.sweep.dir' if multirun else 'hydra.run.dir'} (node-run never overwrites a "
                               "run; node-run resume=FOLDER continues one)")
+        if not holds_run(folder) and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise ConfigError(f"{folder} is {'not empty' if folder.is_dir() else 'a file'}: a run folder must be new "
+                              f"or empty; choose another {'hydra.sweep.dir' if multirun else 'hydra.run.dir'}")
     for folder in folders:
         claim(folder)
     return pin
@@ -249,6 +257,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
             sys.exit(2)
     sys.argv = [sys.argv[0]] + argv
+    # A sweeper's own error after its jobs ran (Optuna when every trial failed: "No trials are completed yet") is
+    # printed by Hydra as a traceback; have Hydra raise it here instead, to say it in one line
+    sweep_errors = any(a in ("-m", "--multirun") for a in argv) and "HYDRA_FULL_ERROR" not in os.environ
+    if sweep_errors:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         with stop.watch(immediate=True):
             run()
@@ -257,6 +270,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"node-run: interrupted; {Path(stopped[-1]) / SUMMARY} says so" if stopped else
               "node-run: interrupted before a run started", file=sys.stderr)
         sys.exit(128 + (stop.last_signal or 2))
+    except Exception as exc:
+        if not sweep_errors:
+            raise
+        failed = f" ({len(FAILED)} of its jobs did not finish ok; each one's {SUMMARY} says why)" if FAILED else ""
+        print(f"node-run: error: the sweep ended with an error: {type(exc).__name__}: {one_line(exc, 300)}{failed}",
+              file=sys.stderr)
+        sys.exit(1)
     if FAILED:
         sys.exit(1)
 

@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     except DataError as exc:
         print(f"node-eval: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:   # eval.json is written only once the evaluation is done
+        print("node-eval: interrupted; no eval.json written", file=sys.stderr)
+        sys.exit(130)
     import json
     print("\n".join(report_lines(json.loads(out.read_text()), out)), flush=True)
 

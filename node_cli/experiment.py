@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from . import families
 from .core import stop, threads
-from .core.checks import ConfigError, DataError, one_line, resolve_device, validate
+from .core.checks import ConfigError, DataError, StorageError, io_error, one_line, resolve_device, validate
 from .core.clock import provenance
 from .core.compose import compose
 from .core.measure import count_parameters
@@ -86,13 +86,34 @@ def execute(cfg, out_dir, resume: dict | None = None, history: list | None = Non
             run.write_summary(summary)
             log.warning("interrupted: %s", summary["error"])
             raise
+        except OSError as exc:   # the run folder cannot be written: disk full, deleted, read-only
+            unwritable(run, summary, exc)
         objective = cfg.get("objective")
         summary.update(objective=objective, objective_value=summary.get(objective), run_dir=str(run.path),
                        finished=_now())
-        run.write_summary(summary)   # before the watcher hands a preemption on (submitit requeues and exits)
+        try:
+            run.write_summary(summary)   # before the watcher hands a preemption on (submitit requeues and exits)
+        except OSError as exc:
+            unwritable(run, summary, exc)
         log.info("status %s after %s steps%s", summary["status"], summary["steps"],
                  f": {summary['error']}" if summary.get("error") else "")
     return summary
+
+
+def unwritable(run: RunDir, summary: dict, exc: OSError):
+    """End a run whose folder cannot be written: status error, the reason in its summary if that can still be
+    written (the files written before stay as they were), one StorageError for the command line."""
+    error = io_error(exc, run.path)
+    if not run.path.is_dir():
+        error += f" ({run.path} no longer exists: was it deleted while the run was running?)"
+    summary.update(status="error", error=error, finished=_now())
+    try:
+        run.write_summary(summary)
+        where = f"summary in {run.path / SUMMARY}"
+    except OSError as again:
+        where = f"no {SUMMARY} could be written" + (f": {io_error(again, run.path)}" if run.path.is_dir() else "")
+    log.error("error: %s", error)
+    raise StorageError(f"{error} ({where})") from None
 
 
 def report_lines(summary: dict, out_dir) -> list[str]:

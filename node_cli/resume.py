@@ -15,9 +15,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .core.checks import ConfigError, DataError, integer, one_line
-from .core.rundir import (BUDGET, CHECKPOINT, CLAIM, CONFIG, RESUMABLE, SUMMARY, atomic_write, load_checkpoint,
-                           read_summary)
+from .core.checks import ConfigError, DataError, StorageError, integer, one_line
+from .core.rundir import (BUDGET, CHECKPOINT, CLAIM, CONFIG, RESUMABLE, SUMMARY, atomic_write, check_state,
+                           load_checkpoint, load_config, read_summary)
 
 
 def parse(argv: list[str]) -> tuple[Path, dict]:
@@ -25,7 +25,7 @@ def parse(argv: list[str]) -> tuple[Path, dict]:
     for arg in argv:
         key, sep, value = arg.partition("=")
         if key == "resume" and sep:
-            folder = Path(value).expanduser()
+            folder = Path(value).expanduser() if value.strip() else None   # Path("") is the working directory
         elif key in BUDGET and sep:
             changes[key] = _int(key, value)
         elif key == "trainer.progress" and value in ("true", "false"):
@@ -58,7 +58,8 @@ def prepare(folder: Path, changes: dict):
     if ckpt.get("format") != 2:
         raise ConfigError(f"{folder / CHECKPOINT} was written by an older node-run without the training state "
                           "(random generators, counters): it cannot be continued exactly; start a new run")
-    cfg = OmegaConf.load(folder / CONFIG)
+    check_state(ckpt, folder / CHECKPOINT)
+    cfg = load_config(folder)
     if OmegaConf.to_container(cfg) != ckpt["config"]:
         raise ConfigError(f"{folder / CONFIG} no longer matches the checkpoint's config; it cannot be continued")
     try:
@@ -119,7 +120,7 @@ def main(argv: list[str]) -> None:
         with stop.watch(immediate=True):
             summary = execute(cfg, folder, resume=ckpt, history=history)
         finish(summary, folder)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, StorageError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,7 @@ FLOW = ["experiment=nf_moons", "trainer=quick", "model.depth=2", "dataset.test_s
     (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'"),
     (["solver.rtl=1e-3"], "(did you mean solver.rtol?)"),
     (["-m", "hydra/launcher=joblib", "seed=abc,0,1"], "seed='abc' is not allowed"),
+    (["experiment=mnist_odenet", "model.channels=100000"], "the model this config describes cannot be built"),
 ])
 def test_bad_keys_are_one_line_exit_2_and_no_folder(tmp_path, node_run, args, message):
     out = tmp_path / "never"
@@ -49,6 +51,56 @@ def test_bad_keys_are_one_line_exit_2_and_no_folder(tmp_path, node_run, args, me
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def _ro_folder(tmp_path):
+    """A folder no one may write into (a read-only tmpfs where root may mount one: root ignores permissions)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+    elif subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                        capture_output=True).returncode != 0:
+        pytest.skip("root, and no read-only tmpfs can be mounted here")
+    return folder
+
+
+@pytest.mark.parametrize("where, message", [
+    (lambda tmp: Path("/"), "/ is not empty: a run folder must be new or empty"),
+    (lambda tmp: _touch(tmp / "notes.txt").parent, "is not empty: a run folder must be new or empty"),
+    (lambda tmp: _touch(tmp / "file"), "is a file: a run folder must be new or empty"),
+    (lambda tmp: _touch(tmp / "file") / "run", "cannot make the run folder: Not a directory"),
+    (lambda tmp: Path("/proc/node-run-test"), "cannot make the run folder: No such file or directory"),
+    (lambda tmp: tmp / ("d" * 300), "cannot make the run folder: File name too long"),
+    (lambda tmp: _ro_folder(tmp) / "run", "cannot make the run folder: "),
+])
+def test_a_run_folder_must_be_new_or_empty_and_makeable(tmp_path, capsys, where, message):
+    from node_cli.cli import main
+
+    folder = where(tmp_path)
+    before = _listing(folder)
+    try:
+        with pytest.raises(SystemExit) as exit:
+            main([*FLOW, "trainer.max_steps=2", f"hydra.run.dir={folder}"])
+    finally:
+        if folder.parent.name == "ro" and os.geteuid() == 0:
+            subprocess.run(["umount", str(folder.parent)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and message in err and err.startswith("node-run: error: "), err
+    assert err.strip().count("\n") == 0
+    assert _listing(folder) == before   # nothing written there
+
+
+def _touch(path):
+    path.write_text("x")
+    return path
+
+
+def _listing(folder):
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return None
 
 
 def test_appended_unknown_key_names_the_nearest_known_one(node_run, tmp_path):
@@ -150,6 +202,71 @@ def test_a_signal_while_the_data_load_writes_the_summary(tmp_path, monkeypatch):
         execute(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "before the first training step" in summary["error"]
+
+
+def test_a_full_disk_ends_the_run_with_status_error_and_keeps_the_earlier_files(tmp_path, monkeypatch):
+    import errno
+    from node_cli.core import rundir
+    from node_cli.core.checks import StorageError
+    from node_cli.experiment import configure, execute
+
+    cfg = configure([*FLOW, "trainer.max_steps=4", "trainer.eval_every=1", "device=cpu"])
+    real, saved = rundir.atomic_write, []
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))   # as a write to a full disk fails: no file named
+
+    def atomic_write(path, write):   # the disk fills up after the first checkpoint
+        real(path, full if path.name == "checkpoint.pt" and saved else write)
+        saved.append(path.read_bytes()) if path.name == "checkpoint.pt" else None
+
+    monkeypatch.setattr(rundir, "atomic_write", atomic_write)
+    with pytest.raises(StorageError) as err:
+        execute(cfg, tmp_path)
+    assert str(err.value).startswith(f"no space left on device at {tmp_path / 'checkpoint.pt'}")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "error"
+    assert summary["error"] == f"no space left on device at {tmp_path / 'checkpoint.pt'}"
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved[0]              # the step-1 checkpoint, intact
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_full_tmpfs_is_one_line_exit_1(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("no tmpfs can be mounted here (needs root)")
+    try:
+        (disk / "filler").write_bytes(b"\0" * (1024 - 72) * 1024)   # 72 KiB left: one checkpoint (28 KiB) fits, not two
+        folder = disk / "run"
+        proc = _start([*FLOW, "trainer.max_steps=50", "trainer.eval_every=5", f"hydra.run.dir={folder}"])
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in err, err
+        errors = [line for line in err.splitlines() if line.startswith("node-run: error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"node-run: error: no space left on device at {folder}")
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["status"] == "error" and summary["error"].startswith("no space left on device at")
+        assert torch.load(folder / "checkpoint.pt", weights_only=True)["step"] >= 5
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_a_run_folder_deleted_mid_run_is_one_line_exit_1(tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    proc = _start([*SPIRALS, f"hydra.run.dir={folder}"])
+    deadline = time.time() + 120
+    while not (folder / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    shutil.rmtree(folder)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("node-run: error:")]
+    assert len(errors) == 1 and f"{folder} no longer exists: was it deleted while the run was running?" in errors[0]
+    assert "no summary.json could be written" in errors[0]
 
 
 # ----------------------------------------------------------------------- 1: untrusted checkpoints never run code

@@ -195,3 +195,20 @@ def test_the_installed_command_refuses_a_missing_checkpoint_and_a_missing_folder
         assert r.returncode == 2 and r.stderr.startswith("node-eval: error: ") and message in r.stderr, r.stderr
         assert r.stderr.strip().count("\n") == 0 and r.stdout == ""
     assert not (folder / "eval").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_ctrl_c_during_the_evaluation_is_one_line_exit_130_and_writes_nothing(runs, monkeypatch, capsys):
+    folder, _ = runs["spirals"]
+    before, evals, real = digest(folder), set(folder.glob("eval/*/eval.json")), evaluate.load_run
+
+    def interrupted(*args, **kwargs):   # Ctrl-C arrives while the test split is being solved
+        loaded = real(*args, **kwargs)
+        loaded.task.evaluate = lambda limit: (_ for _ in ()).throw(KeyboardInterrupt)
+        return loaded
+
+    monkeypatch.setattr(evaluate, "load_run", interrupted)
+    with pytest.raises(SystemExit) as exit:
+        evaluate.main([str(folder)])
+    err = capsys.readouterr().err
+    assert exit.value.code == 130 and err == "node-eval: interrupted; no eval.json written\n"
+    assert digest(folder) == before and set(folder.glob("eval/*/eval.json")) == evals

@@ -132,3 +132,60 @@ def test_resume_refuses_what_would_change_the_run(tmp_path, fake_mnist):
     torch.save(old, folder / CHECKPOINT)
     with pytest.raises(ConfigError, match="older node-run"):
         prepare(folder, {"trainer.max_steps": 8})
+
+
+# --------------------------------------------------------------- issue 21: a run that cannot be continued is one line
+def _not_yaml(folder):
+    with open(folder / CONFIG, "a") as f:
+        f.write("broken: [\n")
+
+
+def _python_tag(folder):   # a tag that would run a command if a YAML loader built it
+    text = (folder / CONFIG).read_text()
+    (folder / CONFIG).write_text(f"x: !!python/object/apply:os.system ['touch {folder / 'pwned'}']\n" + text)
+
+
+def _no_final_pending(folder):
+    ckpt = load_checkpoint(folder / CHECKPOINT)
+    del ckpt["final"], ckpt["pending"]
+    torch.save(ckpt, folder / CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    cfg = configure(["experiment=nf_moons", "trainer=quick", "trainer.max_steps=2", "model.depth=2",
+                     "dataset.test_size=100", "trainer.progress=false", "device=cpu"])
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    _write_config(cfg, folder)
+    execute(cfg, folder)
+    return folder
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_not_yaml, "cannot read"),
+    (_python_tag, "could not determine a constructor for the tag"),
+    (_no_final_pending, "checkpoint.pt is damaged or was not written by node-run (no final, pending)"),
+    (None, "resume= needs a run folder"),   # `node-run resume=`: not the working directory
+])
+def test_resume_of_a_damaged_run_is_one_line_exit_2(finished_run, tmp_path, capsys, damage, message):
+    import shutil
+    from node_cli.resume import main
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished_run, folder)
+    if damage is not None:
+        damage(folder)
+    with pytest.raises(SystemExit) as exit:
+        main([f"resume={folder if damage else ''}", "trainer.max_steps=4"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.startswith("node-run: error: ") and message in err, err
+    assert err.strip().count("\n") == 0
+    assert not (folder / "pwned").exists() and load_checkpoint(folder / CHECKPOINT)["step"] == 2
+
+
+def test_every_key_a_resume_reads_is_in_the_checkpoint_a_run_writes(finished_run):
+    from node_cli.core.rundir import STATE_KEYS, check_state
+
+    ckpt = load_checkpoint(finished_run / CHECKPOINT)
+    check_state(ckpt, finished_run / CHECKPOINT)
+    assert set(STATE_KEYS) <= set(ckpt)

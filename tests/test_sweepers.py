@@ -44,3 +44,15 @@ def test_search_syntax_is_checked_before_any_job(tmp_path, node_run):
     for r in (basic, bad_end, no_match):
         assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_a_search_where_every_trial_fails_ends_in_one_line_exit_1(tmp_path, node_run):
+    sweep = tmp_path / "search"
+    r = node_run("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "experiment=dynamics_spiral",
+                 "trainer=quick", "trainer.max_steps=2", "trainer.progress=false", "solver.max_num_steps=1",
+                 "trainer.lr=interval(1e-3,1e-2)", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == ("node-run: error: the sweep ended with an error: ValueError: No trials are "
+                                         "completed yet. (2 of its jobs did not finish ok; each one's summary.json "
+                                         "says why)")
+    assert [json.loads((sweep / str(i) / "summary.json").read_text())["status"] for i in range(2)] == ["failed"] * 2

@@ -1,6 +1,7 @@
 """Bad input becomes one clear line, before anything runs: the one set of validators every family uses.
 
-- `ConfigError`: a bad setting (exit 2). `DataError`: a data set that cannot be had (exit 1).
+- `ConfigError`: a bad setting (exit 2). `DataError`: a data set that cannot be had (exit 1). `StorageError`: the
+  run folder cannot be written (disk full, deleted, read-only) (exit 1); `io_error(exc, where)` says which.
 - `one_line(exc)`: an exception as one line, for every message a user sees.
 - `choice`, `number` (with `positive` and `integer` as its common cases): range and membership checks whose
   messages all read `key=value is not allowed: it must be ...` or `unknown key 'value'; accepted: ...`.
@@ -24,7 +25,22 @@ class DataError(Exception):
     """A data set that cannot be found or fetched; the message is one line meant for the user."""
 
 
+class StorageError(Exception):
+    """The run's folder could not be written; the message is one line (`io_error`)."""
+
+
+def io_error(exc: OSError, where) -> str:
+    """An OSError as one true line naming the path: "no space left on device at PATH" when the disk is full."""
+    import errno
+
+    path = exc.filename if exc.filename is not None else where
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device at {path}"
+    return f"{exc.strerror or type(exc).__name__}: {path}"
+
+
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
+NAME_MAX = 255   # bytes in one folder name (Linux, macOS)
 SCHEDULES = ("multistep", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -84,16 +100,27 @@ def text(value, key: str, allow_none: bool = False) -> None:
                           + (" or null" if allow_none else ""))
 
 
+def folder_name(value, key: str) -> None:
+    """A value that names one folder (`name`, under outputs/): no separators, not `.` or `..`, not too long."""
+    text(value, key)
+    if "/" in value or "\\" in value or "\0" in value or value.strip() in (".", ".."):
+        raise ConfigError(f"{key}={value!r} is not allowed: it names one folder under outputs/, so it must not "
+                          "contain / or \\ or be . or ..")
+    if len(value.encode()) > NAME_MAX:
+        raise ConfigError(f"{key} is {len(value.encode())} bytes long: it names a folder, at most {NAME_MAX} bytes")
+
+
 def choice(value, key: str, accepted) -> None:
     if value not in accepted:
         raise ConfigError(f"unknown {key} {value!r}; accepted: {', '.join(map(str, accepted))}")
 
 
-def validate(cfg) -> None:
-    """Checks shared by every experiment family; each family checks its own model and dataset keys."""
+def validate(cfg, training: bool = True) -> None:
+    """Checks shared by every experiment family; each family checks its own model and dataset keys. `training`:
+    also what only training needs (node-eval only evaluates)."""
     from .solve import SOLVERS
 
-    text(cfg.name, "name")
+    (folder_name if training else text)(cfg.name, "name")   # a new run's folder is named after it
     text(cfg.get("objective", "test_error"), "objective")
     integer(cfg.seed, "seed", 0, 2 ** 63 - 1)
     s = cfg.solver
@@ -105,6 +132,10 @@ def validate(cfg) -> None:
     positive(s.get("step_size"), "solver.step_size", allow_none=True)
     positive(s.get("max_num_steps"), "solver.max_num_steps", integer=True, allow_none=True)
     _solver_options(s)
+    if training and s.method == "scipy_solver" and not s.adjoint:
+        raise ConfigError("solver.method=scipy_solver needs solver.adjoint=true to train: scipy solves on NumPy "
+                          "arrays, so no gradient flows back through its solve (the adjoint's backward solve gives "
+                          "one)")
     t = cfg.trainer
     positive(t.epochs, "trainer.epochs", integer=True)
     positive(t.max_steps, "trainer.max_steps", integer=True, allow_none=True)

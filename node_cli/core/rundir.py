@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -52,6 +53,9 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)   # mkstemp makes 0600 files; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:   # a full disk's write errors name no file: name the one being written
+        exc.filename = str(path) if exc.filename in (None, tmp) else exc.filename
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -91,7 +95,9 @@ class RunDir:
         write_json(self.path / SUMMARY, summary)
 
     def save_checkpoint(self, state: dict) -> None:
-        atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        buffer = io.BytesIO()   # torch reports a failed file write as a RuntimeError; Python's is an OSError
+        torch.save(state, buffer)
+        atomic_write(self.path / CHECKPOINT, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def read_metrics(path) -> list[dict]:
@@ -166,6 +172,37 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+def load_config(folder):
+    """A run's `.hydra/config.yaml` as node-run wrote it (tags such as !!python are refused, never executed); a
+    missing, unreadable or foreign file is one ConfigError."""
+    from omegaconf import OmegaConf
+
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise ConfigError(f"{folder} is not a node-run run folder (no {CONFIG}: cannot tell what the run is)")
+    try:
+        cfg = OmegaConf.load(folder / CONFIG)
+        if not OmegaConf.is_dict(cfg) or "solver" not in cfg or "task" not in cfg:
+            raise ValueError("not a node-run config (no task or solver)")
+    except Exception as exc:  # noqa: BLE001 - not YAML, a tag no safe loader builds, or not a mapping
+        raise ConfigError(f"cannot read {folder / CONFIG}: {one_line(exc, 200)}") from None
+    return cfg
+
+
+# What continuing a run reads from its checkpoint (format 2: core/train.py's Loop.state and Loop.restore)
+STATE_KEYS = ("model", "optimizer", "scheduler", "pre_end", "step", "epoch", "in_epoch", "final", "pending",
+              "metrics", "totals", "window", "wall_time", "rng", "epoch_rng", "generators", "config")
+
+
+def check_state(ckpt: dict, path) -> None:
+    """ConfigError (one line) unless the checkpoint holds everything a resumed run reads."""
+    missing = [k for k in STATE_KEYS if k not in ckpt]
+    if missing or not isinstance(ckpt["step"], int) or isinstance(ckpt["step"], bool):
+        raise ConfigError(f"{path} is damaged or was not written by node-run ("
+                          + (f"no {', '.join(missing)}" if missing else f"step={ckpt['step']!r}")
+                          + "): it cannot be continued")
+
+
 # ------------------------------------------------------------------------------------------------ reading runs
 @dataclass(eq=False)
 class Run:
@@ -214,6 +251,35 @@ class Run:
         return int((self.summary or {}).get("steps") or 0)
 
 
+# The type of every summary field a tool reads (None: the field may be null). Numbers: these, and every field
+# named test_*, train_* or eval_* (a run's metrics); NaN and inf are written as null.
+_NUMBER = (int, float, type(None))
+SUMMARY_TYPES = dict(
+    status=str, error=(str, type(None)), experiment=str, task=str, model=str, dataset=str, device=str,
+    evaluation=(str, type(None)), objective=(str, type(None)), peak_memory_method=str, run_dir=str,
+    steps=int, epochs=int, params=int, seed=int, batch_size=int, solver=dict, resumed=list, figures=list,
+    **dict.fromkeys(("nfe_forward", "nfe_backward", "solver_accepted", "solver_rejected", "solver_min_dt",
+                     "sec_per_step", "examples_per_sec", "wall_time", "activation_bytes", "peak_memory_bytes",
+                     "memory_step_nfe_forward", "objective_value"), _NUMBER))
+_KINDS = {str: "a string", int: "an integer", dict: "an object", list: "a list", _NUMBER: "a number or null"}
+
+
+def summary_problem(summary: dict) -> str | None:
+    """What is wrong with a summary's field types (the first bad field), None if nothing."""
+    for key, value in summary.items():
+        wanted = SUMMARY_TYPES.get(key, _NUMBER if key.startswith(("test_", "train_", "eval_")) else object)
+        if not isinstance(value, wanted) or (isinstance(value, bool) and wanted is not object):
+            kind = _KINDS.get(wanted) or _KINDS.get(wanted[0]) + " or null"
+            return f"{key}={value!r} is not {kind}"
+    return None
+
+
+def _metrics_row(row) -> bool:
+    """A metrics line as node-run writes it: an object of numbers, true/false and nulls, with an integer step."""
+    return (isinstance(row, dict) and isinstance(row.get("step", 0), int)
+            and all(isinstance(v, (int, float, type(None))) for v in row.values()))
+
+
 def load_run(path: Path) -> Run:
     """Read a run folder; every file that is missing or damaged becomes a line in `run.problems`."""
     run = Run(Path(path))
@@ -237,12 +303,12 @@ def load_run(path: Path) -> Run:
                 row = json.loads(line)
             except ValueError:
                 row = None
-            if isinstance(row, dict):
+            if _metrics_row(row):
                 run.metrics.append(row)
             else:
                 bad += int(bool(line.strip()))
         if bad:
-            run.problems.append(f"{METRICS}: {bad} unreadable line(s) skipped (half-written?)")
+            run.problems.append(f"{METRICS}: {bad} unreadable line(s) skipped (half-written or damaged?)")
     if (run.path / SUMMARY).is_file():
         try:
             run.summary = read_summary(run.path)
@@ -251,6 +317,10 @@ def load_run(path: Path) -> Run:
             run.summary = None
             run.status = "unreadable"
             run.problems.append(f"{SUMMARY} is not valid JSON (half-written?): {one_line(exc, 200)}")
+        wrong = summary_problem(run.summary) if run.summary is not None else None
+        if wrong:   # one bad field and the run is not used: its other numbers cannot be trusted either
+            run.summary, run.status = None, "unreadable"
+            run.problems.append(f"{SUMMARY} is damaged or not node-run's: {wrong}")
     else:
         last = run.metrics[-1].get("step") if run.metrics else None
         run.problems.append(f"no {SUMMARY}: still running or stopped before the end"

@@ -58,8 +58,10 @@ FAILURES = (AssertionError, RuntimeError, FloatingPointError)  # torchdiffeq sig
 CHECKPOINT_FORMAT = 2   # checkpoints that hold the whole training state (resumable)
 
 
-def make_optimizer(t, params):
-    lr = t.lr * (t.batch_size / t.lr_batch_denom if t.get("lr_batch_denom") else 1.0)
+def make_optimizer(t, params, batch: int | None = None):
+    """`batch`: the examples a step really uses (a task caps trainer.batch_size at its training split's size);
+    the lr is scaled by it when trainer.lr_batch_denom is set."""
+    lr = t.lr * ((batch or t.batch_size) / t.lr_batch_denom if t.get("lr_batch_denom") else 1.0)
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
     if t.optimizer == "adam":
@@ -108,7 +110,12 @@ class Loop:
     def __init__(self, cfg, task, run: RunDir, device: torch.device):
         self.cfg, self.task, self.run, self.device = cfg, task, run, device
         self.model, self.t = task.model, cfg.trainer
-        self.optimizer = make_optimizer(self.t, self.model.parameters())
+        batch = getattr(task, "batch_size", None)
+        if batch is not None and batch < self.t.batch_size:
+            log.warning("trainer.batch_size=%s is larger than the training split: each step uses all %s examples%s",
+                        self.t.batch_size, batch, f" and the lr is scaled by {batch}/{self.t.lr_batch_denom}"
+                        if self.t.get("lr_batch_denom") else "")
+        self.optimizer = make_optimizer(self.t, self.model.parameters(), batch)
         self.total = run_length(cfg, task)
         self.scheduler, self.per_step = make_scheduler(self.t, self.optimizer, self.total)
         self.step = self.epoch = self.in_epoch = 0   # in_epoch: steps done in the current epoch
@@ -357,7 +364,7 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
         sec_per_step=loop.totals["time"] / n,
         examples_per_sec=loop.totals["steps"] * getattr(task, "batch_size", cfg.trainer.batch_size)
         / max(loop.totals["time"], 1e-9),
-        wall_time=loop.wall(),
+        wall_time=loop.wall(), batch_size=getattr(task, "batch_size", cfg.trainer.batch_size),   # as really used
     )
     if status == "ok":
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..core.checks import ConfigError, choice
+from ..core.checks import ConfigError, choice, one_line
 from .base import Family
 
 FAMILIES = {
@@ -37,5 +37,10 @@ def build(cfg, device):
 
 
 def check(cfg) -> None:
-    """Cheap checks of a family's own keys (model, dataset), before anything is loaded or trained."""
-    get(cfg.task).check(cfg)
+    """Cheap checks of a family's own keys (model, dataset), before anything is loaded or trained. A check may
+    build the model: one that cannot be built (too large for memory: torch's allocator error) is one ConfigError."""
+    try:
+        get(cfg.task).check(cfg)
+    except (RuntimeError, MemoryError) as exc:
+        raise ConfigError(f"the model this config describes cannot be built ({cfg.model.get('name')}: model.* too "
+                          f"large?): {one_line(exc, 200)}") from None

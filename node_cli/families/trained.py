@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from ..core.checks import ConfigError, one_line, resolve_device, validate
 from ..core.compose import flat, nearest
-from ..core.rundir import CHECKPOINT, CONFIG, RESUMABLE, load_checkpoint
+from ..core.rundir import CHECKPOINT, CONFIG, RESUMABLE, load_checkpoint, load_config
 from . import build, check
 
 TOLERANCES = ("solver.rtol", "solver.atol")
@@ -103,14 +103,7 @@ def load_run(run_dir, device: str = "cpu", overrides: dict | None = None,
     ConfigError (DataError when the run's data set cannot be had)."""
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
-    if not (run_dir / CONFIG).is_file():
-        raise ConfigError(f"{run_dir} is not a node-run run folder (no {CONFIG}: cannot tell what the run is)")
-    try:
-        cfg = OmegaConf.load(run_dir / CONFIG)
-        if not OmegaConf.is_dict(cfg) or "solver" not in cfg or "task" not in cfg:
-            raise ValueError("not a node-run config (no task or solver)")
-    except Exception as exc:  # noqa: BLE001 - unreadable or not a mapping
-        raise ConfigError(f"cannot read {run_dir / CONFIG}: {one_line(exc, 200)}") from None
+    cfg = load_config(run_dir)
     mine, theirs = flat(OmegaConf.to_container(cfg)), flat(ckpt["config"])
     differ = sorted(k for k in set(mine) | set(theirs)
                     if k not in RESUMABLE and mine.get(k, ...) != theirs.get(k, ...))
@@ -122,7 +115,7 @@ def load_run(run_dir, device: str = "cpu", overrides: dict | None = None,
         accept(cfg)
     cfg.device = device
     notes, source = apply_overrides(cfg, dict(overrides or {}))
-    validate(cfg)
+    validate(cfg, training=False)
     check(cfg)
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)

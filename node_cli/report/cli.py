@@ -40,7 +40,15 @@ def prepare_out(out: str | None, force: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        report(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:   # report.md is written last
+        print("node-report: interrupted before it finished (a report folder without report.md is unfinished)",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def report(argv: list[str]) -> None:
     tools = {name: tool for family in families.every() for name, tool in family.tools().items()}
     if argv and argv[0] in tools:
         return tools[argv[0]](argv[1:])

@@ -133,6 +133,12 @@ def test_rknet_is_odenet_without_adjoint(compose):
     ("solver.adjoint_rtol=0", "solver.adjoint_rtol=0"),
     ("solver.adjoint_atol=-1e-3", "solver.adjoint_atol=-0.001"),
     ("solver.adjoint_method=bogus", "unknown solver.adjoint_method 'bogus'"),
+    # issue 21: a name is one folder name under outputs/; scipy's solve cannot be backpropagated through
+    ("name=../../escape", "name='../../escape' is not allowed: it names one folder under outputs/"),
+    ("name=a/b", "name='a/b' is not allowed"),
+    ("name=..", "name='..' is not allowed"),
+    ("name=" + "n" * 300, "name is 300 bytes long: it names a folder, at most 255 bytes"),
+    ("solver.method=scipy_solver solver.adjoint=false", "solver.method=scipy_solver needs solver.adjoint=true"),
 ])
 def test_bad_values_are_refused_in_one_line(compose, override, message):
     with pytest.raises(ConfigError) as err:

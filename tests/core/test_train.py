@@ -123,3 +123,14 @@ def test_a_final_evaluation_that_is_not_finite_fails_the_run_and_reports_it(tmp_
     assert summary["status"] == "failed" and "final evaluation is not finite: test_loss=nan" in summary["error"]
     assert math.isnan(summary["test_loss"]) and summary["test_examples"] == 100   # the final numbers, not step 2's
     assert [r["final"] for r in read_metrics(tmp_path)] == [False, True]
+
+
+def test_a_batch_larger_than_the_training_split_scales_the_lr_by_the_real_batch_and_says_so(tmp_path, caplog):
+    task = SteadyTask()
+    task.batch_size = 8            # what a task uses when trainer.batch_size exceeds its training split (8 examples)
+    cfg = _trainer_cfg("steady", batch_size=10 ** 8, lr_batch_denom=4, max_steps=2, eval_every=1)
+    summary = fit(cfg, task, RunDir(tmp_path), torch.device("cpu"))
+    assert summary["status"] == "ok" and summary["batch_size"] == 8
+    assert [row["lr"] for row in read_metrics(tmp_path)] == pytest.approx([0.1 * 8 / 4] * 2)   # not 0.1 * 1e8 / 4
+    assert "trainer.batch_size=100000000 is larger than the training split: each step uses all 8 examples and the " \
+           "lr is scaled by 8/4" in caplog.text
