@@ -144,13 +144,3 @@ def test_bad_values_are_refused_in_one_line(compose, override, message):
     with pytest.raises(ConfigError) as err:
         validate(compose(override.split()))
     assert message in str(err.value) and "\n" not in str(err.value)
-
-
-def test_every_conf_folder_ships_in_a_non_editable_install():
-    import tomllib
-
-    root = CONF.parent
-    packages = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    folders = {"node_cli.conf." + ".".join(p.relative_to(root / "conf").parts)
-               for p in (root / "conf").rglob("*") if p.is_dir() and p.name != "__pycache__"}
-    assert folders <= packages
