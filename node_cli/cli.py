@@ -9,6 +9,7 @@ from .core.threads import prepare_environment
 
 prepare_environment()
 
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -22,12 +23,14 @@ from . import families
 from .core.checks import ConfigError, DataError, one_line, validate
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
-from .core.rundir import CHECKPOINT, CLAIM, SUMMARY, claim, holds_run, load_checkpoint, read_summary
+from .core.rundir import (CHECKPOINT, CLAIM, CONFIG, SUMMARY, claim, holds_run, in_use, load_checkpoint, locked,
+                           read_summary, resumes)
 from .experiment import FAILED, INTERRUPTED, execute, finish
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
                "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--shell-completion", "-sc")
 MAX_PRECHECK = 256
+HELD = contextlib.ExitStack()   # a single run's folder, locked from the pre-check to the end of the process
 
 
 @hydra.main(version_base="1.3", config_path="pkg://node_cli.conf", config_name="config")
@@ -60,10 +63,7 @@ def requeued(cfg, out_dir) -> dict:
     ckpt = load_checkpoint(folder / CHECKPOINT)
     if ckpt.get("config") != OmegaConf.to_container(cfg) or ckpt.get("format") != 2:
         raise ConfigError(f"{folder} holds another run; node-run never overwrites a run")
-    try:
-        history = read_summary(folder).get("resumed", [])
-    except (OSError, ValueError):
-        history = []
+    history = resumes(folder)
     print(f"node-run: {folder} holds this job's interrupted run: continuing from step {ckpt['step']}",
           file=sys.stderr, flush=True)
     return dict(resume=ckpt, history=history)
@@ -192,6 +192,13 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
         folders = [_resolved(cfg, "hydra.sweep.subdir", i) for i in range(min(len(jobs), MAX_PRECHECK))]
         folders, pin = [sweep / f for f in folders if f is not None], [f"hydra.sweep.dir={sweep}"]
     for folder in folders:
+        if holds_run(folder) and in_use(folder):
+            raise ConfigError(f"{folder} is in use by another node-run (running now); choose another folder")
+        if not multirun and dead_end(folder, jobs[0]):
+            print(f"node-run: {folder} holds this run stopped before its first checkpoint: starting it again from "
+                  "step 0", file=sys.stderr, flush=True)
+            HELD.enter_context(locked(folder))
+            return pin
         if holds_run(folder) and [p.name for p in folder.iterdir()] == [CLAIM]:
             raise ConfigError(f"{folder} is claimed by another node-run (running now, or stopped before it wrote "
                               "anything); choose another folder")
@@ -201,7 +208,19 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
                               "run; node-run resume=FOLDER continues one)")
     for folder in folders:
         claim(folder)
+    if not multirun:   # it runs in this process (a multirun's jobs may not: each holds its own, in execute)
+        HELD.enter_context(locked(folders[0]))
     return pin
+
+
+def dead_end(folder: Path, job: list[str]) -> bool:
+    """Whether `folder` holds this job's run, stopped before its first checkpoint (nothing trained to lose)."""
+    if not (folder / CONFIG).is_file() or (folder / CHECKPOINT).exists():
+        return False
+    try:
+        return OmegaConf.to_container(OmegaConf.load(folder / CONFIG)) == OmegaConf.to_container(compose(job))
+    except Exception:  # an unreadable config is not this job's
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:

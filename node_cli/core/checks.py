@@ -104,6 +104,7 @@ def validate(cfg) -> None:
     choice(s.adjoint_norm, "solver.adjoint_norm", ("default", "seminorm"))
     positive(s.get("step_size"), "solver.step_size", allow_none=True)
     positive(s.get("max_num_steps"), "solver.max_num_steps", integer=True, allow_none=True)
+    positive(s.get("max_nfe"), "solver.max_nfe", integer=True, allow_none=True)
     _solver_options(s)
     t = cfg.trainer
     positive(t.epochs, "trainer.epochs", integer=True)
