@@ -31,6 +31,7 @@ HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-
                "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--shell-completion", "-sc")
 MAX_PRECHECK = 256
 HELD = contextlib.ExitStack()   # a single run's folder, locked from the pre-check to the end of the process
+RESTARTED: set[Path] = set()    # folders the pre-check found holding this run stopped before its first checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="pkg://node_cli.conf", config_name="config")
@@ -56,10 +57,10 @@ def run(cfg) -> float | None:
 def requeued(cfg, out_dir) -> dict:
     """A job that finds its folder holding an interrupted run of the same config is a requeued one (SLURM after a
     preemption or time-out): it continues from the checkpoint. The pre-check refuses such folders on the command
-    line, so nothing else gets here."""
+    line, so nothing else gets here (but a run stopped before its first checkpoint, started again: RESTARTED)."""
     folder = Path(out_dir)
     if not (folder / CHECKPOINT).is_file():
-        return {}
+        return dict(history=resumes(folder)) if folder.resolve() in RESTARTED else {}
     ckpt = load_checkpoint(folder / CHECKPOINT)
     if ckpt.get("config") != OmegaConf.to_container(cfg) or ckpt.get("format") != 2:
         raise ConfigError(f"{folder} holds another run; node-run never overwrites a run")
@@ -198,6 +199,7 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
             print(f"node-run: {folder} holds this run stopped before its first checkpoint: starting it again from "
                   "step 0", file=sys.stderr, flush=True)
             HELD.enter_context(locked(folder))
+            RESTARTED.add(folder.resolve())
             return pin
         if holds_run(folder) and [p.name for p in folder.iterdir()] == [CLAIM]:
             raise ConfigError(f"{folder} is claimed by another node-run (running now, or stopped before it wrote "

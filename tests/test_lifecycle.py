@@ -126,9 +126,10 @@ def test_a_running_run_holds_its_folder_and_a_run_killed_before_its_first_checkp
         assert cli.precheck([*ARGS, f"hydra.run.dir={again}"]) == [f"hydra.run.dir={again}"]
     finally:
         cli.HELD.close()
-    cfg = configure(ARGS)
+    cfg = configure(ARGS)   # what node-run's task function then does
     assert execute(cfg, again, **cli.requeued(cfg, again))["status"] == "ok"
     _same_as_straight(again, straight)
+    assert [r["from_step"] for r in _summary(again)["resumed"]] == [0]
 
 
 # ------------------------------------------------------------------ 2: killed or stopped after the final evaluation
