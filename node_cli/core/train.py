@@ -416,7 +416,8 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
         except KeyboardInterrupt:
             summary.update(status="interrupted", error="stopped while measuring memory or drawing the figures "
                                                       "(training and the final evaluation were complete): "
-                                                      f"node-run resume={run.path} draws them and writes the summary")
+                                                      f"node-run resume={run.path} makes the final evaluation again, "
+                                                      "then the figures and the summary")
     return summary
 
 
