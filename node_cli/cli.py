@@ -9,6 +9,7 @@ from .core.threads import prepare_environment
 
 prepare_environment()
 
+import contextlib
 import math
 import os
 import sys
@@ -23,13 +24,15 @@ from . import families
 from .core.checks import ConfigError, DataError, StorageError, one_line, validate
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
-from .core.rundir import (CHECKPOINT, CLAIM, METRICS, SUMMARY, check_state, claim, holds_run, load_checkpoint,
-                           read_summary, truncate_metrics)
+from .core.rundir import (CHECKPOINT, CLAIM, CONFIG, METRICS, SUMMARY, check_state, claim, holds_run, in_use,
+                           load_checkpoint, locked, read_summary, resumes)
 from .experiment import FAILED, INTERRUPTED, execute, finish
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
                "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--shell-completion", "-sc")
 MAX_PRECHECK = 256
+HELD = contextlib.ExitStack()   # a single run's folder, locked from the pre-check to the end of the process
+RESTARTED: set[Path] = set()    # folders the pre-check found holding this run stopped before its first checkpoint
 
 
 @hydra.main(version_base="1.3", config_path="pkg://node_cli.conf", config_name="config")
@@ -54,23 +57,23 @@ def run(cfg) -> float | None:
 
 def requeued(cfg, out_dir) -> dict:
     """A job that finds its folder holding an interrupted run of the same config is a requeued one (SLURM after a
-    preemption or time-out): it continues from the checkpoint, or starts again when the run was stopped before its
-    first one (during start-up). The pre-check refuses such folders on the command line, so nothing else gets here."""
+    preemption or time-out): it continues from the checkpoint. The pre-check refuses such folders on the command
+    line, so nothing else gets here, except a run stopped before its first checkpoint: started again from step 0,
+    either by the pre-check (RESTARTED) or as a requeued job stopped during its start-up."""
     folder = Path(out_dir)
     if not (folder / CHECKPOINT).is_file():
-        if (folder / SUMMARY).is_file() or (folder / METRICS).is_file():   # stopped before its first checkpoint
+        if folder.resolve() in RESTARTED:
+            return dict(history=resumes(folder))
+        if (folder / SUMMARY).is_file() or (folder / METRICS).is_file():   # a requeued job stopped while starting
             print(f"node-run: {folder} holds this job's run, stopped before its first checkpoint: starting it "
                   "again", file=sys.stderr, flush=True)
-            truncate_metrics(folder, -1)   # the new start writes its own lines
+            return dict(history=resumes(folder))
         return {}
     ckpt = load_checkpoint(folder / CHECKPOINT)
     if ckpt.get("config") != OmegaConf.to_container(cfg) or ckpt.get("format") != 2:
         raise ConfigError(f"{folder} holds another run; node-run never overwrites a run")
     check_state(ckpt, folder / CHECKPOINT)
-    try:
-        history = read_summary(folder).get("resumed", [])
-    except (OSError, ValueError):
-        history = []
+    history = resumes(folder)
     print(f"node-run: {folder} holds this job's interrupted run: continuing from step {ckpt['step']}",
           file=sys.stderr, flush=True)
     return dict(resume=ckpt, history=history)
@@ -230,6 +233,14 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
         folders = [_resolved(cfg, "hydra.sweep.subdir", i) for i in range(min(len(jobs), MAX_PRECHECK))]
         folders, pin = [sweep / f for f in folders if f is not None], [f"hydra.sweep.dir={sweep}"]
     for folder in folders:
+        if holds_run(folder) and in_use(folder):
+            raise ConfigError(f"{folder} is in use by another node-run (running now); choose another folder")
+        if not multirun and dead_end(folder, jobs[0]):
+            print(f"node-run: {folder} holds this run stopped before its first checkpoint: starting it again from "
+                  "step 0", file=sys.stderr, flush=True)
+            HELD.enter_context(locked(folder))
+            RESTARTED.add(folder.resolve())
+            return pin
         if holds_run(folder) and [p.name for p in folder.iterdir()] == [CLAIM]:
             raise ConfigError(f"{folder} is claimed by another node-run (running now, or stopped before it wrote "
                               "anything); choose another folder")
@@ -242,7 +253,19 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
                               f"or empty; choose another {'hydra.sweep.dir' if multirun else 'hydra.run.dir'}")
     for folder in folders:
         claim(folder)
+    if not multirun:   # it runs in this process (a multirun's jobs may not: each holds its own, in execute)
+        HELD.enter_context(locked(folders[0]))
     return pin
+
+
+def dead_end(folder: Path, job: list[str]) -> bool:
+    """Whether `folder` holds this job's run, stopped before its first checkpoint (nothing trained to lose)."""
+    if not (folder / CONFIG).is_file() or (folder / CHECKPOINT).exists():
+        return False
+    try:
+        return OmegaConf.to_container(OmegaConf.load(folder / CONFIG)) == OmegaConf.to_container(compose(job))
+    except Exception:  # an unreadable config is not this job's
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ from .core.checks import ConfigError, DataError, StorageError, io_error, one_lin
 from .core.clock import provenance
 from .core.compose import compose
 from .core.measure import count_parameters
-from .core.rundir import CHECKPOINT, SUMMARY, RunDir
+from .core.rundir import CHECKPOINT, RESUMED, SUMMARY, RunDir, locked, write_json
 
 log = logging.getLogger("node_run")
 FAILED: list[str] = []        # runs of this process that did not finish with status ok (node-run's exit status)
@@ -34,7 +34,8 @@ def configure(overrides: list[str]):
 def base_summary(cfg, device) -> dict:
     s = cfg.solver
     return dict(experiment=cfg.name, task=cfg.task, model=cfg.model.name, dataset=cfg.dataset.name,
-                solver=dict(method=s.method, rtol=s.rtol, atol=s.atol, adjoint=s.adjoint, adjoint_norm=s.adjoint_norm),
+                solver=dict(method=s.method, rtol=s.rtol, atol=s.atol, adjoint=s.adjoint, adjoint_norm=s.adjoint_norm,
+                            max_nfe=s.get("max_nfe")),
                 seed=cfg.seed, device=str(device), torch=torch.__version__)
 
 
@@ -50,17 +51,26 @@ def deterministic(on: bool, device: torch.device) -> None:
 
 
 def execute(cfg, out_dir, resume: dict | None = None, history: list | None = None) -> dict:
-    """Train one configured run into `out_dir` (continuing from the checkpoint `resume`, with the earlier
-    processes' `history` of resumes); returns its summary, also written to summary.json whatever happens."""
+    """Train one configured run into `out_dir` (continuing from the checkpoint `resume`; a `history` of earlier
+    resumes, rundir.resumes(), marks a continued folder, even without a checkpoint: a restart from step 0); returns
+    its summary, also written to summary.json whatever happens. The folder is locked for the whole run
+    (ConfigError if another process runs in it)."""
+    with locked(out_dir):
+        return _execute(cfg, out_dir, resume, history)
+
+
+def _execute(cfg, out_dir, resume: dict | None, history: list | None) -> dict:
     from .core.train import fit
 
     run = RunDir(out_dir, cfg.get("logger"))
     device = resolve_device(cfg.device) if cfg.device in ("auto", "cpu", "cuda") else cfg.device
     summary = dict(base_summary(cfg, device), **provenance(device))
-    if resume is not None:
-        summary["resumed"] = list(history or []) + [dict(at=_now(), from_step=resume["step"],
+    if resume is not None or history is not None:
+        summary["resumed"] = list(history or []) + [dict(at=_now(), from_step=resume["step"] if resume else 0,
                                                          max_steps=cfg.trainer.max_steps, epochs=cfg.trainer.epochs)]
-    log.info("%s %s on %s; config:\n%s", "resuming from step %s:" % resume["step"] if resume else "starting:",
+        write_json(run.path / RESUMED, summary["resumed"])   # now: a process killed later still counts
+    log.info("%s %s on %s; config:\n%s", "resuming from step %s:" % resume["step"] if resume else
+             "starting again from step 0:" if history is not None else "starting:",
              cfg.name, device, OmegaConf.to_yaml(cfg))
     with stop.watch(immediate=True):   # a signal while loading stops at once; fit's steps end cleanly
         try:

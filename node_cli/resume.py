@@ -1,23 +1,25 @@
 """`node-run resume=RUN_DIR [trainer.max_steps=N | trainer.epochs=N]`: continue a run in its own folder.
 
 An interrupted run continues from its last checkpoint to the end of its budget; a finished run continues when it is
-given a larger budget. Everything the run was is restored (core/train.py): model, optimizer, lr schedule, counters,
+given a larger budget. A run whose training is complete but whose final phase is not (killed or stopped during the
+final evaluation or the figures: no summary saying ok) makes that phase again from its final checkpoint: evaluation,
+figures, summary. A run stopped before its first checkpoint starts again from step 0 with its own config. A folder
+another node-run runs in (it holds the folder's lock) is refused. Everything the run was is restored (core/train.py): model, optimizer, lr schedule, counters,
 random generators, running totals, and metrics.jsonl is continued, not restarted. Only the budget may be changed,
 and it is written back into the run's `.hydra/config.yaml`, so the folder keeps saying what the run is.
 """
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import logging
-import os
 import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from .core.checks import ConfigError, DataError, StorageError, integer, one_line
-from .core.rundir import (BUDGET, CHECKPOINT, CLAIM, CONFIG, RESUMABLE, SUMMARY, atomic_write, check_state,
-                           load_checkpoint, load_config, read_summary)
+from .core.rundir import (BUDGET, CHECKPOINT, CONFIG, RESUMABLE, SUMMARY, atomic_write, check_state, load_checkpoint,
+                           load_config, locked, read_summary, resumes)
 
 
 def parse(argv: list[str]) -> tuple[Path, dict]:
@@ -49,11 +51,20 @@ def _int(key: str, value: str):
     return number
 
 
+def changed_budget(cfg, ckpt: dict) -> bool:
+    return any(OmegaConf.select(cfg, k) != OmegaConf.select(OmegaConf.create(ckpt["config"]), k) for k in BUDGET)
+
+
 def prepare(folder: Path, changes: dict):
-    """The run's config with the new budget, its checkpoint and its resume history (ConfigError if it cannot
-    be continued)."""
+    """The run's config with the new budget, its checkpoint (None: the run stopped before its first one, and starts
+    again from step 0) and its resume history (ConfigError if it cannot be continued)."""
     if not (folder / CONFIG).is_file():
         raise ConfigError(f"{folder} is not a node-run run folder (no {CONFIG})")
+    if not (folder / CHECKPOINT).exists():   # nothing trained to lose: start again, as the folder's config says
+        cfg = load_config(folder)
+        for key, value in changes.items():
+            OmegaConf.update(cfg, key, value)
+        return cfg, None, resumes(folder)
     ckpt = load_checkpoint(folder / CHECKPOINT)
     if ckpt.get("format") != 2:
         raise ConfigError(f"{folder / CHECKPOINT} was written by an older node-run without the training state "
@@ -68,30 +79,18 @@ def prepare(folder: Path, changes: dict):
         summary = {}
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value)
-    budget_changed = any(OmegaConf.select(cfg, k) != OmegaConf.select(OmegaConf.create(ckpt["config"]), k)
-                         for k in BUDGET)
+    budget_changed = changed_budget(cfg, ckpt)
     if budget_changed and cfg.trainer.get("schedule") == "cosine":
         raise ConfigError("trainer.schedule=cosine plans its lr over the budget the run started with: it can be "
                           "continued only to that budget (resume= without trainer.max_steps / trainer.epochs)")
-    if ckpt["final"] and not budget_changed:
-        raise ConfigError(f"{folder} finished its budget ({ckpt['step']} steps, status "
-                          f"{summary.get('status', '?')}); give a larger trainer.max_steps or trainer.epochs to "
-                          "continue it")
-    if cfg.trainer.max_steps is not None and cfg.trainer.max_steps <= ckpt["step"]:
+    done = summary.get("status") == "ok" and summary.get("steps") == ckpt["step"]   # else its final phase is owed
+    if ckpt["final"] and not budget_changed and done:
+        raise ConfigError(f"{folder} finished its budget ({ckpt['step']} steps, status ok); give a larger "
+                          "trainer.max_steps or trainer.epochs to continue it")
+    if budget_changed and cfg.trainer.max_steps is not None and cfg.trainer.max_steps <= ckpt["step"]:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} is not beyond the checkpoint's step "
                           f"{ckpt['step']}")
-    return cfg, ckpt, summary.get("resumed", [])
-
-
-def lock(folder: Path):
-    """Hold the run's claim marker exclusively while this process runs: one node-run per folder."""
-    fd = os.open(folder / CLAIM, os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise ConfigError(f"{folder} is in use by another node-run") from None
-    return fd
+    return cfg, ckpt, resumes(folder)
 
 
 def main(argv: list[str]) -> None:
@@ -100,15 +99,22 @@ def main(argv: list[str]) -> None:
     from .experiment import FAILED, execute, finish
     from . import families
 
+    held = contextlib.ExitStack()   # the folder's lock, from before the config is rewritten to the end
     try:
         folder, changes = parse(argv)
         cfg, ckpt, history = prepare(folder, changes)
         validate(cfg)
         families.check(cfg)
-        held = lock(folder)
+        held.enter_context(locked(folder))
     except (ConfigError, DataError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    if ckpt is None:
+        print(f"node-run: {folder} stopped before its first checkpoint: starting it again from step 0 with its own "
+              "config", file=sys.stderr, flush=True)
+    elif ckpt["final"] and not changed_budget(cfg, ckpt):
+        print(f"node-run: {folder} finished training (step {ckpt['step']}) but not its final phase: making the "
+              "final evaluation, figures and summary again", file=sys.stderr, flush=True)
     if changes:
         atomic_write(folder / CONFIG, lambda tmp: OmegaConf.save(cfg, tmp))
     handler = logging.FileHandler(folder / "node-run.log")
@@ -128,6 +134,6 @@ def main(argv: list[str]) -> None:
         sys.exit(128 + (stop.last_signal or 2))
     finally:
         logger.removeHandler(handler)
-        os.close(held)
+        held.close()
     if FAILED:
         sys.exit(1)

@@ -52,7 +52,7 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_continues(tmp_pat
     (entry,) = summary["resumed"]
     assert 6 <= entry["from_step"] < 300
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
-    assert "SIGUSR2 received: stopping after this step" in logs and "Requeued job" in logs
+    assert "SIGUSR2 received: stopping and saving the last complete step" in logs and "Requeued job" in logs
     assert f"continuing from step {entry['from_step']}" in logs
 
     # the same job never stopped: same weights, same metrics (timings aside)

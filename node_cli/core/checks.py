@@ -131,6 +131,7 @@ def validate(cfg, training: bool = True) -> None:
     choice(s.adjoint_norm, "solver.adjoint_norm", ("default", "seminorm"))
     positive(s.get("step_size"), "solver.step_size", allow_none=True)
     positive(s.get("max_num_steps"), "solver.max_num_steps", integer=True, allow_none=True)
+    positive(s.get("max_nfe"), "solver.max_nfe", integer=True, allow_none=True)
     _solver_options(s)
     if training and s.method == "scipy_solver" and not s.adjoint:
         raise ConfigError("solver.method=scipy_solver needs solver.adjoint=true to train: scipy solves on NumPy "

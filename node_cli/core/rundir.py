@@ -6,9 +6,15 @@
 - `summary.json`: written atomically (temp file, then rename) when the run ends, whatever its status.
 - `checkpoint.pt`: written atomically at every evaluation whose metrics are finite: the last good state. It holds
   only tensors, numbers, strings, lists and dicts, so `load_checkpoint` reads it with `weights_only=True`.
+- `resumed.json`: every process that continued the run (resume=, a requeued job, a restart), written atomically
+  when that process starts: the summary's `resumed`, even for processes that were killed.
+- `.node-run.claim`: the claim marker; the process that runs the run holds an exclusive lock (flock) on it for its
+  whole life (`lock`), so a second node-run is refused while the first lives, whatever killed it later.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import math
@@ -21,7 +27,7 @@ import torch
 
 from .checks import ConfigError, one_line
 
-METRICS, SUMMARY, CHECKPOINT = "metrics.jsonl", "summary.json", "checkpoint.pt"
+METRICS, SUMMARY, CHECKPOINT, RESUMED = "metrics.jsonl", "summary.json", "checkpoint.pt", "resumed.json"
 CLAIM = ".node-run.claim"   # made with O_EXCL before a run starts: two node-runs never share a folder
 CONFIG = Path(".hydra") / "config.yaml"
 # What `node-run resume=RUN_DIR` may change in a run's config: its budget, and the progress bar
@@ -148,6 +154,59 @@ def claim(path) -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(dict(pid=os.getpid(), host=os.uname().nodename)) + "\n")
     return marker
+
+
+_LOCKS: dict[str, list] = {}   # this process's locked run folders: [descriptor, depth] (flock is per open file)
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold the run folder `path` for this process while the block runs: an exclusive flock on its claim marker
+    (made if missing), re-entrant within the process, released when the process ends however it ends.
+    ConfigError if another process holds it."""
+    key = str(Path(path).resolve())
+    if key not in _LOCKS:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        fd = os.open(Path(path) / CLAIM, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(f"{path} is in use by another node-run (running now); wait for it to end, or stop "
+                              "it (Ctrl-C or SIGTERM saves its step)") from None
+        _LOCKS[key] = [fd, 0]
+    _LOCKS[key][1] += 1
+    try:
+        yield
+    finally:
+        _LOCKS[key][1] -= 1
+        if not _LOCKS[key][1]:
+            os.close(_LOCKS.pop(key)[0])
+
+
+def in_use(path) -> bool:
+    """Whether another process holds the run folder `path` (`locked`) now."""
+    if not (Path(path) / CLAIM).is_file():
+        return False
+    try:
+        with locked(path):
+            return False
+    except ConfigError:
+        return True
+
+
+def resumes(path) -> list:
+    """The processes that continued the run in `path` so far (resumed.json; runs from before it: their summary's
+    `resumed`); [] for none or an unreadable record."""
+    for name in (RESUMED, SUMMARY):
+        try:
+            value = json.loads((Path(path) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        value = value if name == RESUMED else value.get("resumed") if isinstance(value, dict) else None
+        if isinstance(value, list):
+            return value
+    return []
 
 
 def holds_run(path) -> bool:

@@ -12,6 +12,11 @@ accepted and rejected steps and the smallest accepted dt separately for the two;
 solves' counts as `steps_accepted`, `steps_rejected`, `min_dt` (like `nfe_forward`), and `solver_stats(model)` sums
 them over every block. Solvers without these callbacks (fixed-grid, scipy_solver) are never handed them (torchdiffeq
 would warn), so their counts stay 0 and min_dt None.
+
+The same wrapper guards every solve: `solver.max_nfe` caps the evaluations of one solve (with the adjoint, its
+backward solve counts with its forward one), so a solve that will not end (a diverged model, where dopri5 takes ever
+smaller steps) fails with `TooManyEvaluations` instead of running for hours; and a stop request made while a
+training step solves (core/stop.py) ends the solve at its next evaluation.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from torch import nn
 from torchdiffeq._impl.odeint import SOLVERS as _REGISTRY
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
-from . import fastrk
+from . import fastrk, stop
 
 # Every method name torchdiffeq accepts (not the fast variants fastrk may add later), and which of them choose
 # their own steps: all but the fixed-grid solvers (these take solver.step_size; the others rtol, atol and
@@ -75,6 +80,10 @@ class StepCounts:
         self.rejected += 1
 
 
+class TooManyEvaluations(RuntimeError):
+    """A solve needed more than solver.max_nfe evaluations of its vector field."""
+
+
 class CountedField(nn.Module):
     """A vector field f(t, y) that counts its evaluations in `calls`, and the steps of the solves that use it:
     `forward_steps` (the solves of odeint and odeint_adjoint's forward pass, by torchdiffeq's callback_accept_step /
@@ -83,10 +92,11 @@ class CountedField(nn.Module):
     The callbacks are instance attributes that `enable_step_callbacks` sets only for solvers that call them: a
     solver that does not (fixed-grid, scipy_solver) would make torchdiffeq warn on every solve."""
 
-    def __init__(self, field: nn.Module):
+    def __init__(self, field: nn.Module, max_nfe: int | None = None):
         super().__init__()
         self.field = field
         self.calls = 0
+        self.max_nfe, self.solve_start = max_nfe, 0   # the cap per solve; `calls` when the last solve began
         self.forward_steps, self.backward_steps = StepCounts(), StepCounts()
 
     def enable_step_callbacks(self, forward: bool, backward: bool) -> None:
@@ -100,6 +110,11 @@ class CountedField(nn.Module):
 
     def forward(self, t, y):
         self.calls += 1
+        stop.check()
+        if self.max_nfe is not None and self.calls - self.solve_start > self.max_nfe:
+            raise TooManyEvaluations(
+                f"a solve needed more than solver.max_nfe={self.max_nfe} evaluations of the vector field (the model "
+                "has probably diverged: a smaller trainer.lr?); a larger solver.max_nfe, or null, lifts the cap")
         return self.field(t, y)
 
 
@@ -145,7 +160,8 @@ class ODEBlock(nn.Module):
     def __init__(self, field: nn.Module, solver_cfg, t1: float = 1.0, adjoint: bool | None = None,
                  fast_rk: bool = False):
         super().__init__()
-        self.field = CountedField(field)
+        max_nfe = solver_cfg.get("max_nfe")
+        self.field = CountedField(field, None if max_nfe is None else int(max_nfe))
         self.adjoint = bool(solver_cfg.adjoint) if adjoint is None else adjoint
         kwargs = solver_kwargs(solver_cfg, adjoint=True)
         self.kwargs = {k: kwargs.pop(k) for k in ("rtol", "atol", "method", "options")}
@@ -224,7 +240,7 @@ class ODEBlock(nn.Module):
 
     def forward(self, y0, t: torch.Tensor | None = None):
         times = self.span if t is None else t
-        before = self.field.calls
+        before = self.field.solve_start = self.field.calls
         if self.adjoint:
             out = torchdiffeq.odeint_adjoint(self.field, y0, times, **self.kwargs, **self.adjoint_kwargs)
         else:

@@ -5,7 +5,9 @@ signal of a submitit/SLURM job are caught by one `Watcher` per process.
   KeyboardInterrupt: the run's summary then says `interrupted` (nothing to save yet), and the signal is handed on
   as below, so a SLURM job stopped during start-up is requeued too.
 - While it trains, a signal sets `requested`; the loop looks at it after every step, saves a checkpoint of that
-  step and ends the run as `interrupted`. A second Ctrl-C stops at once.
+  step and ends the run as `interrupted`. A second Ctrl-C stops at once. Inside a `droppable()` block (a training
+  step's solves, before its update) the solve stops at its next evaluation of the vector field (`check()`, called
+  by core/solve.py's counted field), as `Stopped`: the loop drops that step and saves the one before.
 
 Handlers are installed only in the main thread and put back when the outermost `watch()` ends; a handler that was
 there before (submitit's requeue on its preemption signal) is called then, after the run is saved, so a preempted
@@ -32,6 +34,7 @@ last_signal: int | None = None   # the signal that stopped the last run (the pro
 class Watcher:
     def __init__(self):
         self.requested, self.name, self.signum, self.immediate = False, "", None, True
+        self.droppable = False
         self.previous: dict[int, object] = {}
 
     def _handle(self, signum, frame):
@@ -42,7 +45,7 @@ class Watcher:
                 self.requested, self.signum, self.name = True, signum, signal.Signals(signum).name
             raise KeyboardInterrupt
         self.requested, self.signum, self.name = True, signum, signal.Signals(signum).name
-        print(f"node-run: {self.name} received: stopping after this step and saving it"
+        print(f"node-run: {self.name} received: stopping and saving the last complete step"
               + (" (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""), file=sys.stderr, flush=True)
 
     def install(self) -> None:
@@ -68,6 +71,30 @@ class Watcher:
 
 
 _active: Watcher | None = None
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop request honoured inside a solve (`check`)."""
+
+
+@contextlib.contextmanager
+def droppable():
+    """Inside the block, a stop request ends the running solve at its next vector-field evaluation (`check`)."""
+    watcher = _active
+    saved = watcher is not None and watcher.droppable
+    if watcher is not None:
+        watcher.droppable = True
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.droppable = saved
+
+
+def check() -> None:
+    """Raise Stopped if a stop was requested inside a `droppable()` block; every solve's vector field calls it."""
+    if _active is not None and _active.requested and _active.droppable:
+        raise Stopped
 
 
 @contextlib.contextmanager

@@ -11,9 +11,15 @@ full-batch iteration; flows, which draw fresh samples every step, the whole run.
 
 Stopping and resuming. SIGTERM (what schedulers send), SIGINT (Ctrl-C) and the scheduler's preemption signal are
 caught: the loop stops at the end of the current step, saves a checkpoint of that step and ends with status
-`interrupted` (a second Ctrl-C stops at once). Every checkpoint holds what continuing needs (core/rundir.py: model,
-optimizer, scheduler, counters, running totals, every random generator), so `fit(..., resume=checkpoint)` continues
-the run exactly: a run of 2N steps and a run stopped at N and resumed end with the same weights and metrics.
+`interrupted` (a second Ctrl-C stops at once). A request that comes while the step is inside a solve stops the solve
+at its next evaluation of the vector field (core/solve.py): that step is dropped and the state before it saved, as
+it was (a diverged model can crawl inside one solve for hours). During the final evaluation a signal stops at once:
+training is complete, its last step is saved as a final checkpoint, and resuming makes the final evaluation.
+Every checkpoint holds what continuing needs (core/rundir.py: model, optimizer, scheduler, counters, running totals,
+every random generator, the task's own record such as the frames of its figures), so `fit(..., resume=checkpoint)`
+continues the run exactly: a run of 2N steps and a run stopped at N and resumed end with the same weights and
+metrics. A final checkpoint whose run has no summary (killed while drawing its figures) resumes into the final
+phase: evaluation, figures, summary.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import itertools
 import logging
 import math
 import re
+import signal
 import time
 import warnings
 from typing import Iterable, Protocol
@@ -31,7 +38,7 @@ from tqdm.auto import tqdm
 
 from . import measure, stop
 from .checks import one_line
-from .rundir import RunDir
+from .rundir import METRICS, RunDir
 from .solve import nfe, nfe_note, solver_stats
 
 
@@ -47,6 +54,8 @@ class Task(Protocol):
     def evaluate(self, limit: int | None) -> dict: ...     # test metrics; limit caps test examples (None: all)
     def memory_batch(self): ...               # a fixed training batch for the memory measurement
     def finish(self, run: RunDir) -> dict: ...  # figures and extra summary fields, after the final evaluation
+    def state(self) -> dict: ...              # what finish() needs of earlier evaluations (optional; checkpointed)
+    def load_state(self, state: dict): ...    # that record back, from a checkpoint (optional)
 
 
 class SolverFailure(RuntimeError):
@@ -56,6 +65,7 @@ class SolverFailure(RuntimeError):
 log = logging.getLogger("node_run")
 FAILURES = (AssertionError, RuntimeError, FloatingPointError)  # torchdiffeq signals underflow by AssertionError
 CHECKPOINT_FORMAT = 2   # checkpoints that hold the whole training state (resumable)
+_END = object()
 
 
 def make_optimizer(t, params, batch: int | None = None):
@@ -129,6 +139,7 @@ class Loop:
         self.owed = False                               # the evaluation a finished run owes its last step
         self.pre_end = None                             # epoch, schedule and lr before the last step's epoch end
         self.pending = False                            # stopped right after a step, before what follows it
+        self.mark = None                                # the state between steps, while a step runs (stop.Stopped)
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def schedule_state(self) -> dict:
@@ -143,14 +154,17 @@ class Loop:
             state["milestones"] = Counter(state["milestones"])
         self.scheduler.load_state_dict(state)
 
-    def state(self, final: bool, window: dict, pending: bool = False) -> dict:
+    def state(self, final: bool, window: dict, pending: bool = False, task: dict | None = None) -> dict:
         return dict(format=CHECKPOINT_FORMAT, pending=pending, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.schedule_state(), pre_end=self.pre_end,
                     step=self.step, epoch=self.epoch, in_epoch=self.in_epoch, final=final,
                     metrics=self.last_eval, metrics_step=self.last_eval_step, totals=dict(self.totals),
                     window=dict(window), wall_time=self.wall(), rng=_rng_state(), epoch_rng=self.epoch_rng,
                     generators=[g.get_state() for g in self.generators()],
-                    config=OmegaConf.to_container(self.cfg))
+                    task=self.task_state() if task is None else task, config=OmegaConf.to_container(self.cfg))
+
+    def task_state(self) -> dict:
+        return self.task.state() if hasattr(self.task, "state") else {}
 
     def restore(self, ckpt: dict) -> None:
         """Continue from a checkpoint of this run (same config but perhaps a larger budget)."""
@@ -166,6 +180,8 @@ class Loop:
         for g, state in zip(self.generators(), ckpt["generators"]):
             g.set_state(state)
         self.owed, self.pending = bool(ckpt["final"]), bool(ckpt["pending"])
+        if ckpt.get("task") and hasattr(self.task, "load_state"):
+            self.task.load_state(ckpt["task"])
         # metrics lines after the checkpoint (and a finished run's final line) belong to the old ending
         self.run.truncate(self.step, drop_final=True)
         _set_rng_state(ckpt["rng"])
@@ -178,6 +194,7 @@ class Loop:
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, final: bool) -> dict:
+        kept = self.task_state() if final else None   # a final checkpoint keeps the task as before its evaluation
         result = self.task.evaluate(None if final else self.t.eval_limit)
         w, n = self.window, max(self.window["steps"], 1)
         row = dict(step=self.step, epoch=self.epoch, train_loss=w["loss"] / n, **result,
@@ -192,7 +209,7 @@ class Loop:
         if _finite(result):
             self.last_eval, self.last_eval_step = result, self.step
             # a final checkpoint keeps the window before its line: a longer budget resumes from just before it
-            self.run.save_checkpoint(self.state(final, before if final else self.window))
+            self.run.save_checkpoint(self.state(final, before if final else self.window, task=kept))
         return result
 
     def after_step(self) -> None:
@@ -215,11 +232,12 @@ class Loop:
         f0, b0 = nfe(model)
         s0 = solver_stats(model, reset_min_dt=True)   # min_dt: this step's solves only
         tic = time.perf_counter()
-        loss = self.task.loss(batch)
-        if not torch.isfinite(loss):
-            raise SolverFailure(f"non-finite training loss at step {self.step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with stop.droppable():   # until the update, a stop request ends the step's solves (the step is dropped)
+            loss = self.task.loss(batch)
+            if not torch.isfinite(loss):
+                raise SolverFailure(f"non-finite training loss at step {self.step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         if self.per_step:
             self.scheduler.step()
@@ -263,6 +281,17 @@ class Loop:
         self.epoch_rng = [g.get_state() for g in gens]
         return iter(self.task.train_batches(self.epoch))
 
+    def marked(self, batches):
+        """`batches`, noting before each draw the random state between steps (`self.mark`): a step dropped by a
+        stop inside its solve is saved as the step before it, exactly (the generators replay from the epoch's)."""
+        while True:
+            self.mark = _rng_state(), (self.epoch_rng if self.in_epoch == 0 else
+                                       [g.get_state() for g in self.generators()])
+            batch = next(batches, _END)
+            if batch is _END:
+                return
+            yield batch
+
     def train(self, watcher) -> tuple[str, str | None]:
         """Train to the end of the budget or until stopped: (status, error)."""
         bar = tqdm(total=self.total, initial=self.step, desc=self.cfg.name, disable=not self.t.progress,
@@ -278,7 +307,7 @@ class Loop:
                 elif self.in_epoch == self.task.steps_per_epoch():
                     self.close_epoch()
             while self.step < self.total:
-                for batch in self.batches():
+                for batch in self.marked(self.batches()):
                     value = self.train_step(batch)
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.3f}")
@@ -292,6 +321,8 @@ class Loop:
             if watcher.requested:
                 return self.interrupt(watcher)
             return "ok", None
+        except stop.Stopped:
+            return self.drop_step(watcher)
         except KeyboardInterrupt:
             kept = f"the last checkpoint is from step {self.last_eval_step}" if self.last_eval_step is not None \
                 else "no checkpoint yet"
@@ -325,6 +356,14 @@ class Loop:
         else:
             self.skip = self.in_epoch
 
+    def drop_step(self, watcher) -> tuple[str, str]:
+        """Stopped inside a solve of step k + 1 (before its update): save step k as it was, random state included."""
+        rng, generators = self.mark
+        self.run.save_checkpoint(dict(self.state(False, self.window), rng=rng, generators=generators))
+        return "interrupted", (f"stopped by {watcher.name} inside a solve of step {self.step + 1}: that step is "
+                               f"dropped; checkpoint of step {self.step} saved (continue with: node-run "
+                               f"resume={self.run.path})")
+
     def interrupt(self, watcher) -> tuple[str, str]:
         self.run.save_checkpoint(self.state(False, self.window, pending=True))
         return "interrupted", (f"stopped by {watcher.name} after step {self.step}; checkpoint of that step saved "
@@ -337,19 +376,27 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
     loop = Loop(cfg, task, run, device)
     if resume is not None:
         loop.restore(resume)
+    elif (run.path / METRICS).is_file():
+        run.truncate(0)   # a run started again from step 0 (stopped before its first checkpoint): a new log
     with stop.watch(immediate=False) as watcher:
         status, error = loop.train(watcher)
         evaluated = None
         if status == "ok":
+            complete = loop.state(True, loop.window)   # training done: what a stop during the evaluation saves
             try:
-                result = loop.evaluate(final=True)
+                with stop.watch(immediate=True):         # a signal stops the final evaluation at once
+                    result = loop.evaluate(final=True)
                 evaluated = "final: the whole test set"
                 if not _finite(result):
                     status, error = "failed", ("final evaluation is not finite: " + ", ".join(
                         f"{k}={v}" for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)))
                 loop.last_eval = result
             except KeyboardInterrupt:
-                status, error = "interrupted", "stopped during the final evaluation"
+                run.save_checkpoint(complete)
+                name = signal.Signals(stop.last_signal).name if stop.last_signal else "a signal"
+                status, error = "interrupted", (
+                    f"stopped by {name} during the final evaluation; training is complete and saved (step "
+                    f"{loop.step}): node-run resume={run.path} makes the final evaluation, figures and summary")
             except FAILURES as exc:
                 status, error = "failed", f"final evaluation: {type(exc).__name__}: {one_line(exc)}"
     summary = dict(loop.last_eval)
@@ -375,7 +422,9 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
             summary.update(task.finish(run) or {})
         except KeyboardInterrupt:
             summary.update(status="interrupted", error="stopped while measuring memory or drawing the figures "
-                                                      "(training and the final evaluation were complete)")
+                                                      "(training and the final evaluation were complete): "
+                                                      f"node-run resume={run.path} makes the final evaluation again, "
+                                                      "then the figures and the summary")
     return summary
 
 

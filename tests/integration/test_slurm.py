@@ -258,7 +258,7 @@ def test_a_job_at_its_time_limit_saves_is_requeued_and_ends_as_if_never_stopped(
     folder, summary, logs = _ok("b_time_limit", sweeps)
     first = summary["resumed"][0]
     assert 10 <= first["from_step"] < 60, summary["resumed"]   # saved mid-training
-    assert "SIGUSR2 received: stopping after this step" in logs
+    assert "SIGUSR2 received: stopping and saving the last complete step" in logs
     assert "this job is timed-out" in logs and "Requeued job" in logs
     assert f"continuing from step {first['from_step']}" in logs
     _same_as_uninterrupted(folder, sweeps)
@@ -268,7 +268,7 @@ def test_a_preempted_job_saves_and_its_requeued_run_ends_as_if_never_stopped(swe
     folder, summary, logs = _ok("c_preemption", sweeps)
     (entry,) = summary["resumed"]
     assert 10 <= entry["from_step"] < 60
-    assert "SIGTERM received: stopping after this step" in logs and "DUE TO JOB REQUEUE" in logs
+    assert "SIGTERM received: stopping and saving the last complete step" in logs and "DUE TO JOB REQUEUE" in logs
     _same_as_uninterrupted(folder, sweeps)
 
 

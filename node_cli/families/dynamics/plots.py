@@ -105,7 +105,8 @@ def field_figure(task, path):
 
 
 def training_gif(task, path, fps: int = 4):
-    """One frame per evaluation of this process (task.frames): the learned trajectory and field over the truth."""
+    """One frame per evaluation of the run (task.frames, across resumes): the learned trajectory and field over the
+    truth."""
     plt = _plt()
     from matplotlib.animation import FuncAnimation, PillowWriter
 

@@ -9,7 +9,7 @@ observed states. One step per epoch: trainer.epochs is the number of iterations.
 Evaluation: `test_mse` is the mean squared error (over points and both coordinates) on the extrapolated part, the
 last `dataset.extrap` of the grid, solving from the true state at the split (the last seen grid point) against the
 noise-free truth; `train_mse` the same on the seen part solving from the true start y0. Every evaluation stores the
-learned trajectory and field: the frames of training.gif.
+learned trajectory and field: the frames of training.gif (kept in the checkpoint, so a resumed run's gif has them all).
 """
 from __future__ import annotations
 
@@ -88,6 +88,12 @@ class DynamicsTask:
 
     def memory_batch(self):
         return self.batch()
+
+    def state(self) -> dict:
+        return dict(frames=list(self.frames))
+
+    def load_state(self, state: dict) -> None:
+        self.frames = list(state["frames"])
 
     def finish(self, run) -> dict:
         from .plots import field_figure, phase_figure, timeseries_figure, training_gif
