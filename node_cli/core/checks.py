@@ -102,6 +102,7 @@ def validate(cfg) -> None:
     positive(s.atol, "solver.atol")
     boolean(s.adjoint, "solver.adjoint")
     choice(s.adjoint_norm, "solver.adjoint_norm", ("default", "seminorm"))
+    boolean(s.get("fast_rk", True), "solver.fast_rk")
     positive(s.get("step_size"), "solver.step_size", allow_none=True)
     positive(s.get("max_num_steps"), "solver.max_num_steps", integer=True, allow_none=True)
     _solver_options(s)

@@ -86,11 +86,42 @@ def _fast_perturb_forward(self, t, y, *, perturb=None):
     return self.base_func(t, y)
 
 
+_TABLEAUS: dict = {}   # id(tableau.alpha) -> (weakref to it, alpha as floats, stacked rows, row lengths, fsal)
+
+
+def _tableau(tableau):
+    """What a step needs of a tableau, computed once per tableau object: the stage times as floats, the rows
+    (beta..., c_sol, c_error) concatenated and their lengths, and whether y1 is the last stage's input (dopri5's
+    first-same-as-last)."""
+    import weakref
+
+    entry = _TABLEAUS.get(id(tableau.alpha))
+    if entry is None or entry[0]() is not tableau.alpha:
+        rows = [*tableau.beta, tableau.c_sol, tableau.c_error]
+        cat = torch.cat(rows)
+        fsal = bool(tableau.c_sol[-1] == 0 and (tableau.c_sol[:-1] == tableau.beta[-1]).all())
+        entry = (weakref.ref(tableau.alpha), tableau.alpha.tolist(), cat, [len(r) for r in rows], fsal)
+        _TABLEAUS.clear() if len(_TABLEAUS) > 64 else None
+        _TABLEAUS[id(tableau.alpha)] = entry
+    return entry[1:]
+
+
+def _split(flat, sizes):
+    out, i = [], 0
+    for n in sizes:
+        out.append(flat[i:i + n])
+        i += n
+    return out
+
+
 def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     """Drop-in for torchdiffeq's `_runge_kutta_step`; returns the stages as a list instead of a stacked buffer.
 
-    When dt itself carries a gradient (backprop through the solver: torchdiffeq's first step size is computed
-    from y0 and f0 with autograd on), torchdiffeq's own arithmetic runs, so that gradient path is kept as is.
+    The stage inputs y0 + sum_j (beta_ij dt) k_j use torchdiffeq's coefficients beta_ij * dt (in the state's dtype),
+    read once per step; the error estimate is formed without a graph (it only steers the step size). When dt itself
+    carries a gradient (backprop through the solver: torchdiffeq's first step size is computed from y0 and f0 with
+    autograd on), torchdiffeq's own arithmetic runs: that gradient path is kept as is, and a first step is often so
+    small that its error estimate is a cancellation at rounding level, which any other summation order would change.
     """
     from torchdiffeq._impl.misc import Perturb
     from torchdiffeq._impl.rk_common import _runge_kutta_step
@@ -98,26 +129,35 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     if dt.requires_grad:
         y1, f1, y1_error, k = _runge_kutta_step(func, y0, f0, t0, dt, t1, tableau)
         return y1, f1, y1_error, list(k.unbind(-1))
+    alpha, cat, sizes, fsal = _tableau(tableau)
     t_dtype = _real_dtype(y0)
     t0, dt, t1 = t0.to(t_dtype), dt.to(t_dtype), t1.to(t_dtype)
-    rows = [*tableau.beta, tableau.c_sol, tableau.c_error]
-    flat = (torch.cat(rows) * dt).tolist()              # the float32 coefficients torchdiffeq forms, one host read
-    coeffs, i = [], 0
-    for r in rows:
-        coeffs.append(flat[i:i + len(r)])
-        i += len(r)
+    coeffs = _split((cat * dt).tolist(), sizes)   # one host read
     ks = [f0]
     yi = y0
-    for i, alpha_i in enumerate(tableau.alpha.tolist()):
+    for i, alpha_i in enumerate(alpha):
         if alpha_i == 1.0:
             ti, perturb = t1, Perturb.PREV
         else:
             ti, perturb = t0 + alpha_i * dt, Perturb.NONE
         yi = _combine(ks, coeffs[i], base=y0)
         ks.append(func(ti, yi, perturb=perturb))
-    if not (tableau.c_sol[-1] == 0 and (tableau.c_sol[:-1] == tableau.beta[-1]).all()):
+    if not fsal:
         yi = _combine(ks, coeffs[-2], base=y0)
-    return yi, ks[-1], _combine(ks, coeffs[-1]), ks
+    with torch.no_grad():
+        error = _combine(ks, coeffs[-1])
+    return yi, ks[-1], error, ks
+
+
+@torch.no_grad()
+def _fast_optimal_step_size(last_step, error_ratio, safety, ifactor, dfactor, order):
+    """torchdiffeq's `_optimal_step_size` on Python floats (float64, as torchdiffeq's): one host read of the error
+    ratio instead of about ten scalar tensor ops."""
+    ratio = float(error_ratio)
+    if ratio == 0:
+        return last_step * ifactor
+    low = 1.0 if ratio < 1 else float(dfactor)
+    return last_step * min(float(ifactor), max(float(safety) / ratio ** (1.0 / order), low))
 
 
 class _LazyInterp(Sequence):
@@ -153,6 +193,35 @@ def _fast_interp_fit(self, y0, y1, k, dt):
     return _LazyInterp(fit)
 
 
+def _fast_integrate(self, t):
+    """torchdiffeq's `integrate` with every requested time that falls inside an accepted step interpolated in one
+    batched evaluation of that step's polynomial (torchdiffeq: one `_advance` per time, each a chain of scalar-times-
+    tensor ops and its own slice copy into the solution). The same polynomial in the same operation order,
+    elementwise, so the same values; the same steps, so the same NFE."""
+    y0 = self.y0
+    t = t.to(self.dtype)
+    self._before_integrate(t)
+    pieces, i, n = [y0[None]], 1, len(t)
+    while i < n:
+        n_steps = 0
+        while t[i] > self.rk_state.t1:
+            assert n_steps < self.max_num_steps, 'max_num_steps exceeded ({}>={})'.format(n_steps, self.max_num_steps)
+            self.rk_state = self._adaptive_step(self.rk_state)
+            n_steps += 1
+        state = self.rk_state
+        j = i + int((t[i:] <= state.t1).sum())           # every requested time inside this step (t increases)
+        coefficients = state.interp_coeff
+        x = ((t[i:j] - state.t0) / (state.t1 - state.t0)).to(coefficients[0].dtype).view(-1, *[1] * y0.dim())
+        total = coefficients[0] + x * coefficients[1]
+        x_power = x
+        for coefficient in coefficients[2:]:
+            x_power = x_power * x
+            total = total + x_power * coefficient
+        pieces.append(total)
+        i = j
+    return torch.cat(pieces) if len(pieces) > 1 else y0[None].clone()
+
+
 def _register() -> dict:
     """Add a fast subclass of every adaptive Runge-Kutta solver to torchdiffeq's registry; {} (and one warning)
     when this torchdiffeq is not one whose private layout was checked."""
@@ -164,7 +233,7 @@ def _register() -> dict:
         base = rk_common.RKAdaptiveStepsizeODESolver
         original = base._adaptive_step
         names = original.__code__.co_names
-        missing = [n for n in ("_runge_kutta_step", "_compute_error_ratio") if n not in names]
+        missing = [n for n in ("_runge_kutta_step", "_compute_error_ratio", "_optimal_step_size") if n not in names]
         missing += [n for n in ("Perturb", "_nextafter", "_PerturbFunc") if not hasattr(misc, n)]
         missing += [] if hasattr(rk_common, "_runge_kutta_step") else ["rk_common._runge_kutta_step"]
         importlib.import_module("torchdiffeq._impl.interp")._interp_fit  # noqa: B018 - must exist
@@ -176,7 +245,8 @@ def _register() -> dict:
                       "arithmetic (same method and steps, slower)", RuntimeWarning, stacklevel=3)
         return {}
     step = types.FunctionType(original.__code__, {**vars(rk_common), "_runge_kutta_step": _fast_runge_kutta_step,
-                                                  "_compute_error_ratio": _fast_error_ratio},
+                                                  "_compute_error_ratio": _fast_error_ratio,
+                                                  "_optimal_step_size": _fast_optimal_step_size},
                               original.__name__, original.__defaults__, original.__closure__)
     perturb = misc._PerturbFunc
 
@@ -190,7 +260,8 @@ def _register() -> dict:
         if isinstance(cls, type) and issubclass(cls, base) and SUFFIX not in name:
             fast[name] = name + SUFFIX
             registry[fast[name]] = type(cls.__name__ + "FastRK", (cls,), {
-                "__init__": __init__, "_adaptive_step": step, "_interp_fit": _fast_interp_fit})
+                "__init__": __init__, "_adaptive_step": step, "_interp_fit": _fast_interp_fit,
+                "integrate": _fast_integrate})
     return fast
 
 

@@ -134,7 +134,7 @@ class ODEBlock(nn.Module):
     `forward(y0)` integrates over [0, t1] and returns y(t1); `forward(y0, t)` returns y at every time in `t`
     (leading time dimension). `y0` may be a tensor or a tuple of tensors (e.g. state and log-density).
     `fast_rk=True` runs adaptive Runge-Kutta methods with the fast stage arithmetic of `fastrk` (same method,
-    same steps); other methods ignore it.
+    same steps); other methods ignore it. None (the default): the config's `solver.fast_rk` (true when absent).
 
     Counts of the forward solves (odeint, or odeint_adjoint's forward pass): `nfe_forward`, `steps_accepted`,
     `steps_rejected`, `min_dt` (smallest accepted step, None before any adaptive Runge-Kutta step; since
@@ -143,14 +143,14 @@ class ODEBlock(nn.Module):
     """
 
     def __init__(self, field: nn.Module, solver_cfg, t1: float = 1.0, adjoint: bool | None = None,
-                 fast_rk: bool = False):
+                 fast_rk: bool | None = None):
         super().__init__()
         self.field = CountedField(field)
         self.adjoint = bool(solver_cfg.adjoint) if adjoint is None else adjoint
         kwargs = solver_kwargs(solver_cfg, adjoint=True)
         self.kwargs = {k: kwargs.pop(k) for k in ("rtol", "atol", "method", "options")}
         self.adjoint_kwargs = kwargs     # adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options
-        if fast_rk:
+        if solver_cfg.get("fast_rk", True) if fast_rk is None else fast_rk:
             self.kwargs["method"] = fastrk.method(self.kwargs["method"])
             if kwargs["adjoint_method"] is not None:
                 kwargs["adjoint_method"] = fastrk.method(kwargs["adjoint_method"])
