@@ -61,16 +61,19 @@ class FreeFormNet(nn.Module):
         return h
 
     def with_jacobian(self, t, z):
-        """(f(t, z) [N, d], df/dz [N, d, d]) in one forward pass: the Jacobian is carried through the layers in
-        closed form (a concat-squash layer's is its weight scaled by its time gate, the activation's is diagonal),
-        as N x width x d products; ordinary autograd differentiates it like any other function of the parameters."""
+        """(f(t, z) [N, d], its Jacobian transposed, (df/dz)^T [N, d, d]) in one forward pass: the Jacobian is carried
+        through the layers in closed form (a concat-squash layer's is its weight scaled by its time gate, the
+        activation's is diagonal) as d extra rows per point through each layer's weight, one matrix product per
+        layer; ordinary autograd differentiates it like any other function of the parameters."""
         t = t.reshape(1, 1).to(z.dtype)
         h, jac = z, None
         for i, layer in enumerate(self.layers):
             gate = torch.sigmoid(layer.gate(t))                        # [1, n_out]
             h = layer.linear(h) * gate + layer.shift(t)
-            w = layer.linear.weight * gate.reshape(-1, 1)             # [n_out, n_in]: dh/d(input)
-            jac = w.expand(len(z), -1, -1) if jac is None else torch.matmul(w, jac)
+            if jac is None:                                            # d(first layer)/dz, the same for every point
+                jac = (layer.linear.weight.T * gate).expand(len(z), -1, -1)
+            else:                                                      # rows [N, d, n_in] -> [N, d, n_out]
+                jac = nn.functional.linear(jac, layer.linear.weight) * gate
             if i < len(self.layers) - 1:
                 if isinstance(self.act, nn.Tanh):
                     h = torch.tanh(h)
@@ -78,7 +81,7 @@ class FreeFormNet(nn.Module):
                 else:   # softplus (beta 1): its slope is the logistic function
                     slope = torch.sigmoid(h)
                     h = self.act(h)
-                jac = slope.unsqueeze(-1) * jac
+                jac = jac * slope.unsqueeze(1)
         return h, jac
 
 
@@ -112,14 +115,14 @@ class FreeFormField(nn.Module):
         super().__init__()
         self.net = net
         self.trace, self.noise = trace, noise
-        self.closed_form = closed_form   # exact trace from `net.with_jacobian` (one pass), not d products
+        self.closed_form = closed_form   # exact trace from `net.with_jacobian` (one pass) where the net has it
         self.eps = None   # the probe of the current solve (hutchinson), set by FFJORD before each solve
 
     def forward(self, t, state):
         z = state[0]
         regularise = len(state) > 2
         graph = torch.is_grad_enabled()   # inside a training solve or the adjoint's backward solve
-        if self.trace == "exact" and self.closed_form:
+        if self.trace == "exact" and self.closed_form and hasattr(self.net, "with_jacobian"):
             f, jac = self.net.with_jacobian(t, z)
             out = (f, -jac.diagonal(dim1=1, dim2=2).sum(1, keepdim=True))
             if regularise:
