@@ -198,6 +198,8 @@ def _fast_integrate(self, t):
     batched evaluation of that step's polynomial (torchdiffeq: one `_advance` per time, each a chain of scalar-times-
     tensor ops and its own slice copy into the solution). The same polynomial in the same operation order,
     elementwise, so the same values; the same steps, so the same NFE."""
+    if self.row_times is not None:
+        return _integrate_rows(self, t)
     y0 = self.y0
     t = t.to(self.dtype)
     self._before_integrate(t)
@@ -212,14 +214,55 @@ def _fast_integrate(self, t):
         j = i + int((t[i:] <= state.t1).sum())           # every requested time inside this step (t increases)
         coefficients = state.interp_coeff
         x = ((t[i:j] - state.t0) / (state.t1 - state.t0)).to(coefficients[0].dtype).view(-1, *[1] * y0.dim())
-        total = coefficients[0] + x * coefficients[1]
-        x_power = x
-        for coefficient in coefficients[2:]:
-            x_power = x_power * x
-            total = total + x_power * coefficient
-        pieces.append(total)
+        pieces.append(_evaluate(coefficients, x))
         i = j
     return torch.cat(pieces) if len(pieces) > 1 else y0[None].clone()
+
+
+def _evaluate(coefficients, x):
+    """torchdiffeq's `_interp_evaluate` polynomial at x (any shape that broadcasts), in its operation order."""
+    total = coefficients[0] + x * coefficients[1]
+    x_power = x
+    for coefficient in coefficients[2:]:
+        x_power = x_power * x
+        total = total + x_power * coefficient
+    return total
+
+
+def _integrate_rows(self, t):
+    """The solve over t = [t0, t1], each row b of the state read at its own times row_times[b] (in [t0, t1]), each
+    in the step that holds it: [B, k, ...]. The steps are those of a solve asked for the sorted union of all the
+    times (torchdiffeq's steps do not depend on the requested times, only on the last), and each value is that
+    solve's (the same polynomial at the same x), without forming the union's [times, B, ...] solution."""
+    y0 = self.y0
+    shape = (*self.row_times.shape, *[1] * (y0.dim() - 1))
+    rows = self.row_times.to(self.dtype)
+    t = t.to(self.dtype)
+    self._before_integrate(t)
+    out = y0[:, None].expand(-1, rows.shape[1], *y0.shape[1:])   # the rows' times at t0: y0
+    n_steps, done = 0, float(t[0])
+    while t[-1] > self.rk_state.t1:
+        assert n_steps < self.max_num_steps, 'max_num_steps exceeded ({}>={})'.format(n_steps, self.max_num_steps)
+        self.rk_state = self._adaptive_step(self.rk_state)
+        n_steps += 1
+        state = self.rk_state
+        if float(state.t1.detach()) <= done:   # rejected: no new interval
+            continue
+        done = float(state.t1.detach())
+        inside = (rows > state.t0) & (rows <= state.t1)
+        if bool(inside.any()):
+            coefficients = [c[:, None] for c in state.interp_coeff]
+            x = ((rows - state.t0) / (state.t1 - state.t0)).to(y0.dtype).view(shape)
+            out = torch.where(inside.view(shape), _evaluate(coefficients, x), out)
+    return out
+
+
+def solve_rows(func, y0, times, kwargs) -> torch.Tensor:
+    """y at each row's own times: y0 [B, ...], times [B, k] (>= 0, the solve starts at 0) -> [B, k, ...], by
+    torchdiffeq's odeint with a fast method (`kwargs`: odeint's keywords, method one of this module's)."""
+    span = torch.stack([times.new_zeros(()), times.max()])
+    options = dict(kwargs.get("options") or {}, row_times=times)
+    return torchdiffeq.odeint(func, y0, span, **dict(kwargs, options=options))
 
 
 def _register() -> dict:
@@ -250,9 +293,10 @@ def _register() -> dict:
                               original.__name__, original.__defaults__, original.__closure__)
     perturb = misc._PerturbFunc
 
-    def __init__(self, func, *args, **kwargs):
+    def __init__(self, func, *args, row_times=None, **kwargs):
         if type(func) is perturb:   # this solve's own wrapper: a per-instance override
             func.forward = types.MethodType(_fast_perturb_forward, func)
+        self.row_times = row_times   # `solve_rows`: each row's own output times
         super(type(self), self).__init__(func, *args, **kwargs)
 
     fast = {}

@@ -204,3 +204,37 @@ def test_fast_step_size_control_is_torchdiffeqs():
                 args = (torch.tensor(last, **f64), torch.tensor(ratio, dtype=torch.float32), *consts, order)
                 assert fastrk._fast_optimal_step_size(*args).item() == pytest.approx(
                     _optimal_step_size(*args).item(), rel=1e-15, abs=0)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_each_row_at_its_own_times_is_the_union_grid_solve(solver_cfg, dtype, tol):
+    """ODEBlock(y0, t) with t [B, k] (the latent ODE's irregular times): the fast path reads each row from the step
+    polynomial that holds its time; the plain path (solver.fast_rk=false) solves at the sorted union of all times
+    and gathers, and so does an independent union solve here. Same steps and NFE, same values and gradients."""
+    field = Decay(3).to(dtype)
+    g = torch.Generator().manual_seed(2)
+    y0 = torch.randn(6, 3, generator=g).to(dtype)
+    t = torch.sort(torch.rand(6, 7, generator=g) * 2.5, dim=1).values.to(dtype)
+    t[0, 0] = 0.0                                                    # a time at the start: y0 itself
+    t[1, 3] = t[2, 5]                                                # a time shared by two rows
+    solver = solver_cfg(rtol=1e-6, atol=1e-7, adjoint=False)
+    got = {}
+    for fast in (False, True):
+        block = ODEBlock(copy.deepcopy(field), solver, fast_rk=fast)
+        y = y0.clone().requires_grad_(True)
+        out = block(y, t)
+        out.pow(2).sum().backward()
+        got[fast] = (out.detach(), [y.grad] + [p.grad for p in block.parameters()],
+                     (block.steps_accepted, block.steps_rejected, block.nfe_forward))
+    union = ODEBlock(copy.deepcopy(field), solver, fast_rk=False)
+    grid, where = torch.unique(torch.cat([t.new_zeros(1), t.reshape(-1)]), sorted=True, return_inverse=True)
+    with torch.no_grad():
+        independent = union(y0, grid)[where[1:].view(t.shape), torch.arange(6)[:, None]]
+    assert got[True][0].shape == (6, 7, 3)
+    assert got[True][2] == got[False][2] == (union.steps_accepted, union.steps_rejected, union.nfe_forward)
+    assert got[True][2][0] > 3
+    torch.testing.assert_close(got[True][0][0, 0], y0[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[False][0], independent, rtol=0, atol=0)
+    torch.testing.assert_close(got[True][0], independent, rtol=tol, atol=tol)
+    for a, b in zip(got[False][1], got[True][1]):
+        torch.testing.assert_close(b, a, rtol=10 * tol, atol=10 * tol)
