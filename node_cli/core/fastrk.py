@@ -250,10 +250,13 @@ def _integrate_rows(self, t):
             continue
         done = float(state.t1.detach())
         inside = (rows > state.t0) & (rows <= state.t1)
-        if bool(inside.any()):
+        cols = inside.any(0).nonzero().squeeze(1)   # the columns with a time in this step (sorted rows: a few)
+        if len(cols):
             coefficients = [c[:, None] for c in state.interp_coeff]
-            x = ((rows - state.t0) / (state.t1 - state.t0)).to(y0.dtype).view(shape)
-            out = torch.where(inside.view(shape), _evaluate(coefficients, x), out)
+            x = ((rows[:, cols] - state.t0) / (state.t1 - state.t0)).to(y0.dtype).view(len(rows), len(cols),
+                                                                                         *shape[2:])
+            mask = inside[:, cols].view(len(rows), len(cols), *shape[2:])
+            out = out.index_copy(1, cols, torch.where(mask, _evaluate(coefficients, x), out[:, cols]))
     return out
 
 
