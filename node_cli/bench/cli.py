@@ -75,6 +75,8 @@ def parse(argv, cmds: dict):
                    "(default 3)")
     p.add_argument("--split-reps", type=int, default=5, help="reference: extra node-run steps with the ODE blocks "
                    "timed (default 5)")
+    p.add_argument("--node-overrides", default="", help="reference: node-run config overrides for every row, "
+                   "space-separated (e.g. 'solver.first_step_grad=false'; the reference loops keep their own)")
     p.add_argument("--field-reps", type=int, default=50, help="reference: evaluations of the field timed alone "
                    "(default 50)")
     adders = []

@@ -226,7 +226,8 @@ def header(args, device, rows) -> str:
     return "\n".join([
         "## node-run against a plain torchdiffeq loop, per family",
         f"`{env['command']}` on {env['machine']} ({env['cores']} cores, {env['threads']} torch threads, "
-        f"{env['device']}), torch {env['torch']}, load average at the end {env['load_average']}.",
+        f"{env['device']}), torch {env['torch']}, load average at the end {env['load_average']}."
+        + (f" node-run with `{args.node_overrides}`." if args.node_overrides.strip() else ""),
         f"{args.reps} timed training steps after {args.warmup_steps} warm-up, node-run and the reference alternated on "
         "the same batches from the same weights, at node-run's tolerances; medians; per_step_ratio is the median of "
         "the per-step ratios (reference seconds / node-run seconds: >1 means node-run is faster), per_nfe_ratio "
@@ -239,11 +240,16 @@ def header(args, device, rows) -> str:
 def run(args, device, out, log) -> str:
     rows = []
     chosen = loops()
+    extra = args.node_overrides.split()
+
+    def configure(overrides):   # node-run's config of a row, with --node-overrides last
+        return args.configure(list(overrides) + extra)
+
     for fam in args.families:
         for name, build in chosen[fam].items():
             log(f"node-bench reference: {name}")
             try:
-                loop = build(args.configure, device, args.seed, args.warmup_steps + args.reps + args.split_reps)
+                loop = build(configure, device, args.seed, args.warmup_steps + args.reps + args.split_reps)
                 rows.append(measure(name, loop, args, log))
             except (ConfigError, DataError, ImportError, FileNotFoundError) as exc:
                 log(f"  {name}: not available: {exc}")

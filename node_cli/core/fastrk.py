@@ -268,6 +268,17 @@ def solve_rows(func, y0, times, kwargs) -> torch.Tensor:
     return torchdiffeq.odeint(func, y0, span, **dict(kwargs, options=options))
 
 
+def _constant_first_step(func, t0, y0, order, rtol, atol, norm, f0=None):
+    """torchdiffeq's `_select_initial_step`, run without a graph: the same first step size, but no gradient flows
+    through it (torchdiffeq, backpropagating through the solver, differentiates the size of its first step as a
+    function of y0 and f(y0); a given `first_step` and the adjoint never do). Its second field evaluation then needs
+    no graph either; every later step size is chosen without a graph by torchdiffeq too."""
+    from torchdiffeq._impl.misc import _select_initial_step
+
+    with torch.no_grad():
+        return _select_initial_step(func, t0, y0, order, rtol, atol, norm, f0=None if f0 is None else f0.detach())
+
+
 def _register() -> dict:
     """Add a fast subclass of every adaptive Runge-Kutta solver to torchdiffeq's registry; {} (and one warning)
     when this torchdiffeq is not one whose private layout was checked."""
@@ -296,11 +307,20 @@ def _register() -> dict:
                               original.__name__, original.__defaults__, original.__closure__)
     perturb = misc._PerturbFunc
 
-    def __init__(self, func, *args, row_times=None, **kwargs):
+    def __init__(self, func, *args, row_times=None, first_step_grad=True, **kwargs):
         if type(func) is perturb:   # this solve's own wrapper: a per-instance override
             func.forward = types.MethodType(_fast_perturb_forward, func)
         self.row_times = row_times   # `solve_rows`: each row's own output times
+        self.first_step_grad = first_step_grad
         super(type(self), self).__init__(func, *args, **kwargs)
+
+    # solver.first_step_grad=false: torchdiffeq's first-step estimate made without a graph (see _constant_first_step)
+    before = base._before_integrate
+    constant = types.FunctionType(before.__code__, {**vars(rk_common), "_select_initial_step": _constant_first_step},
+                                  before.__name__, before.__defaults__, before.__closure__)
+
+    def _before_integrate(self, t):
+        return (before if self.first_step_grad else constant)(self, t)
 
     fast = {}
     for name, cls in list(registry.items()):
@@ -308,7 +328,7 @@ def _register() -> dict:
             fast[name] = name + SUFFIX
             registry[fast[name]] = type(cls.__name__ + "FastRK", (cls,), {
                 "__init__": __init__, "_adaptive_step": step, "_interp_fit": _fast_interp_fit,
-                "integrate": _fast_integrate})
+                "integrate": _fast_integrate, "_before_integrate": _before_integrate})
     return fast
 
 

@@ -152,6 +152,8 @@ class ODEBlock(nn.Module):
         self.adjoint_kwargs = kwargs     # adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options
         if solver_cfg.get("fast_rk", True) if fast_rk is None else fast_rk:
             self.kwargs["method"] = fastrk.method(self.kwargs["method"])
+            if solver_cfg.get("first_step_grad") is False and fastrk.SUFFIX in self.kwargs["method"]:
+                self.kwargs["options"] = dict(self.kwargs["options"], first_step_grad=False)
             if kwargs["adjoint_method"] is not None:
                 kwargs["adjoint_method"] = fastrk.method(kwargs["adjoint_method"])
         backward_method = kwargs["adjoint_method"] or self.kwargs["method"]

@@ -238,3 +238,32 @@ def test_each_row_at_its_own_times_is_the_union_grid_solve(solver_cfg, dtype, to
     torch.testing.assert_close(got[True][0], independent, rtol=tol, atol=tol)
     for a, b in zip(got[False][1], got[True][1]):
         torch.testing.assert_close(b, a, rtol=10 * tol, atol=10 * tol)
+
+
+def test_first_step_without_gradient_is_torchdiffeq_given_that_first_step(solver_cfg):
+    """solver.first_step_grad=false: torchdiffeq's own first-step estimate, made without a graph. The solve is
+    torchdiffeq's default one (same steps, NFE and values), and its gradients are those of torchdiffeq told that
+    very first step (solver.first_step: a constant), which evaluates the field once less (no estimate)."""
+    from torchdiffeq._impl.misc import _rms_norm, _select_initial_step
+
+    field = Decay(3).double()
+    y0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t = torch.linspace(0, 2, 6, dtype=torch.float64)
+    rtol, atol = 1e-6, 1e-7
+    with torch.no_grad():
+        f64 = dict(dtype=torch.float64)
+        dt0 = _select_initial_step(field, t[0], y0, 4, torch.tensor(rtol, **f64), torch.tensor(atol, **f64),
+                                   _rms_norm, f0=field(t[0], y0)).item()
+    runs = {}
+    for label, cfg, fast in (("no grad", dict(first_step_grad=False), True), ("default", {}, False),
+                             ("given", dict(first_step=dt0), False)):
+        block = ODEBlock(copy.deepcopy(field), solver_cfg(rtol=rtol, atol=atol, adjoint=False, **cfg), fast_rk=fast)
+        runs[label] = steps_and_solution(block, y0, t)
+    (counts, out, grads), (d_counts, d_out, d_grads), (g_counts, g_out, g_grads) = (
+        runs["no grad"], runs["default"], runs["given"])
+    assert counts == d_counts and counts[2] == g_counts[2] + 1 and counts[:2] == g_counts[:2]
+    torch.testing.assert_close(out, d_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, g_out, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_grads, grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    assert any((a - b).abs().max() > 1e-12 for a, b in zip(d_grads, grads))   # torchdiffeq's differs: dt0's path
