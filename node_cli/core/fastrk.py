@@ -164,8 +164,29 @@ class _LazyInterp(Sequence):
     """The dense-output coefficients of one accepted step, computed the first time they are read: a solve asked
     for its value at t1 only interpolates in its last step, so the fits of all earlier steps are never needed."""
 
-    def __init__(self, fit):
+    def __init__(self, fit, step=None):
         self._fit, self._coefficients = fit, None
+        self.step = step   # (y0, y1, stages, dt as a float, mid as floats) when dt carries no gradient, else None
+
+    def at(self, x: torch.Tensor) -> torch.Tensor:
+        """The polynomial at the positions x [m] (in [0, 1], no gradient) as one matrix product of fixed weights with
+        the step's (y0, y1, k_0 ... k_s): torchdiffeq's fourth-order fit, p(x) = e + d x + c x^2 + b x^3 + a x^4,
+        is linear in y0, y1, y_mid = y0 + dt sum_j mid_j k_j, f0 = k_0 and f1 = k_s, so the weights of each are
+        scalar polynomials in x. The same values up to rounding, without the fit's and the evaluation's ops."""
+        y0, y1, ks, dt, mid = self.step
+        rows = []
+        for xi in x.tolist():
+            x2 = xi * xi
+            x3, x4 = x2 * xi, x2 * x2
+            w_mid = 16 * x2 - 32 * x3 + 16 * x4
+            row = [1 - 11 * x2 + 18 * x3 - 8 * x4 + w_mid, -5 * x2 + 14 * x3 - 8 * x4]
+            row += [w_mid * dt * m for m in mid]
+            row[2] += dt * (xi - 4 * x2 + 5 * x3 - 2 * x4)                    # f0 = k_0
+            row[-1] += dt * (x2 - 3 * x3 + 2 * x4)                            # f1 = k_s
+            rows.append(row)
+        weights = torch.tensor(rows, dtype=y0.dtype, device=y0.device)
+        values = torch.stack([y0, y1, *ks]).view(len(ks) + 2, -1)
+        return torch.mm(weights, values).view(len(rows), *y0.shape)
 
     def _get(self):
         if self._coefficients is None:
@@ -190,14 +211,16 @@ def _fast_interp_fit(self, y0, y1, k, dt):
             y_mid = _combine(k, (dt_ * self.mid).tolist(), base=y0)
         return _interp_fit(y0, y1, y_mid, k[0], k[-1], dt_)
 
-    return _LazyInterp(fit)
+    plain = not dt.requires_grad and not y0.is_complex() and len(self.mid) == len(k)
+    return _LazyInterp(fit, (y0, y1, k, float(dt), self.mid.tolist()) if plain else None)
 
 
 def _fast_integrate(self, t):
-    """torchdiffeq's `integrate` with every requested time that falls inside an accepted step interpolated in one
-    batched evaluation of that step's polynomial (torchdiffeq: one `_advance` per time, each a chain of scalar-times-
-    tensor ops and its own slice copy into the solution). The same polynomial in the same operation order,
-    elementwise, so the same values; the same steps, so the same NFE."""
+    """torchdiffeq's `integrate` with every requested time that falls inside an accepted step interpolated at once
+    (torchdiffeq: one `_advance` per time, each a chain of scalar-times-tensor ops and its own slice copy into the
+    solution): one matrix product (`_LazyInterp.at`), or, when the step or the times carry a gradient (after a
+    first step size with one), the fitted polynomial in torchdiffeq's operation order, elementwise. The same values up to rounding; the same steps, so
+    the same NFE."""
     if self.row_times is not None:
         return _integrate_rows(self, t)
     y0 = self.y0
@@ -213,8 +236,11 @@ def _fast_integrate(self, t):
         state = self.rk_state
         j = i + int((t[i:] <= state.t1).sum())           # every requested time inside this step (t increases)
         coefficients = state.interp_coeff
-        x = ((t[i:j] - state.t0) / (state.t1 - state.t0)).to(coefficients[0].dtype).view(-1, *[1] * y0.dim())
-        pieces.append(_evaluate(coefficients, x))
+        x = (t[i:j] - state.t0) / (state.t1 - state.t0)
+        if isinstance(coefficients, _LazyInterp) and coefficients.step is not None and not x.requires_grad:
+            pieces.append(coefficients.at(x))
+        else:
+            pieces.append(_evaluate(coefficients, x.to(coefficients[0].dtype).view(-1, *[1] * y0.dim())))
         i = j
     return torch.cat(pieces) if len(pieces) > 1 else y0[None].clone()
 
