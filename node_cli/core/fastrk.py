@@ -1,5 +1,10 @@
 """Fast stage arithmetic for torchdiffeq's adaptive Runge-Kutta solvers (dopri5, dopri8, bosh3, fehlberg2,
-adaptive_heun), used by `ODEBlock(fast_rk=True)` (`model.fast_rk`).
+adaptive_heun), used by every `ODEBlock` unless `solver.fast_rk=false` (or its `fast_rk` argument says otherwise).
+
+Besides the stage arithmetic below: every requested time inside a step is interpolated at once (`_fast_integrate`,
+`_LazyInterp.at`), a batch's rows can be read each at its own times (`solve_rows`, `ODEBlock.at_rows`), the next
+step size is computed on floats (`_fast_optimal_step_size`), and with `solver.first_step_grad=false` the first
+step's size is estimated without a graph (`_constant_first_step`, opt-in: it changes gradients).
 
 torchdiffeq keeps the stages in one [*shape, stages] buffer (stage dimension last) and forms every combination
 y0 + sum_j c_j k_j as a strided multiply into a temporary followed by a strided sum: on a CPU that is a quarter of
@@ -219,8 +224,8 @@ def _fast_integrate(self, t):
     """torchdiffeq's `integrate` with every requested time that falls inside an accepted step interpolated at once
     (torchdiffeq: one `_advance` per time, each a chain of scalar-times-tensor ops and its own slice copy into the
     solution): one matrix product (`_LazyInterp.at`), or, when the step or the times carry a gradient (after a
-    first step size with one), the fitted polynomial in torchdiffeq's operation order, elementwise. The same values up to rounding; the same steps, so
-    the same NFE."""
+    first step size with one), the fitted polynomial in torchdiffeq's operation order, elementwise. The same values
+    up to rounding; the same steps, so the same NFE."""
     if self.row_times is not None:
         return _integrate_rows(self, t)
     y0 = self.y0

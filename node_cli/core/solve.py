@@ -132,7 +132,8 @@ class ODEBlock(nn.Module):
     """Solves dy/dt = field(t, y) with torchdiffeq, by the adjoint method or by backprop through the solver.
 
     `forward(y0)` integrates over [0, t1] and returns y(t1); `forward(y0, t)` returns y at every time in `t`
-    (leading time dimension). `y0` may be a tensor or a tuple of tensors (e.g. state and log-density).
+    (leading time dimension), or with t [B, k] each row of y0 at its own times ([B, k, ...], `at_rows`). `y0` may be
+    a tensor or a tuple of tensors (e.g. state and log-density).
     `fast_rk=True` runs adaptive Runge-Kutta methods with the fast stage arithmetic of `fastrk` (same method,
     same steps); other methods ignore it. None (the default): the config's `solver.fast_rk` (true when absent).
 
@@ -238,14 +239,13 @@ class ODEBlock(nn.Module):
             return out
         return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
 
-
     def at_rows(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """y at each row's own times, from y0 [B, ...] at time 0 and t [B, k] (non-negative): [B, k, ...]. One solve
         for the whole batch, read at every row's times: with the fast arithmetic and without the adjoint, each row
         straight from the step polynomial that holds its time (fastrk.solve_rows); otherwise the solve at the
         sorted union of all times and a gather, the same values."""
-        if fastrk.SUFFIX in self.kwargs["method"] and not self.adjoint and len(t) == len(y0) and t.numel() \
-                and bool(t.min() >= 0) and bool(t.max() > 0):
+        if fastrk.SUFFIX in self.kwargs["method"] and not self.adjoint and torch.is_tensor(y0) \
+                and len(t) == len(y0) and t.numel() and bool(t.min() >= 0) and bool(t.max() > 0):
             before = self.field.calls
             out = fastrk.solve_rows(self.field, y0, t, self.kwargs)
             self.nfe_forward += self.field.calls - before

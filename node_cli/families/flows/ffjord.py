@@ -8,9 +8,9 @@ normalizing flow.
   d jacobian/dt = |eps^T df/dz|^2 (RNODE: the same solve integrates them as extra states).
   The trace is `exact` (the Jacobian carried through the layers in closed form, one batched pass, or with
   `model.fast_trace=false` d vector-Jacobian products, one per coordinate as FFJORD's brute force; then the
-  Jacobian term is the exact Frobenius norm |df/dz|_F^2 of the same Jacobian) or `hutchinson`: eps^T (df/dz) eps with one vector-Jacobian
-  product, eps drawn once per solve (`rademacher` or `gaussian`, E[eps eps^T] = I, so the estimate is unbiased),
-  and the Jacobian term is |eps^T df/dz|^2 from the same product (unbiased for |df/dz|_F^2).
+  Jacobian term is the exact Frobenius norm |df/dz|_F^2 of the same Jacobian) or `hutchinson`: eps^T (df/dz) eps
+  with one vector-Jacobian product, eps drawn once per solve (`rademacher` or `gaussian`, E[eps eps^T] = I, so the
+  estimate is unbiased), and the Jacobian term is |eps^T df/dz|^2 from the same product (unbiased for |df/dz|_F^2).
 - `FFJORD`: base N(0, base_std^2 I) at t = 0, data at t = t1 (a parameter with `learn_t1`, kept positive as
   t1 = softplus(s)); every solve goes through `ODEBlock` (torchdiffeq; NFE counted; the adjoint and its seminorm
   as configured). `log_prob(x)` solves back from t1 to 0; `sample(z0)` forward; `stages` as the planar CNF.
