@@ -190,7 +190,7 @@ class _LazyInterp(Sequence):
             row[-1] += dt * (x2 - 3 * x3 + 2 * x4)                            # f1 = k_s
             rows.append(row)
         weights = torch.tensor(rows, dtype=y0.dtype, device=y0.device)
-        values = torch.stack([y0, y1, *ks]).view(len(ks) + 2, -1)
+        values = torch.stack([y0, y1, *ks]).reshape(len(ks) + 2, -1)
         return torch.mm(weights, values).view(len(rows), *y0.shape)
 
     def _get(self):
