@@ -6,6 +6,8 @@
     node-bench families             # each family with a bench spec: seconds to reach the quick config's accuracy,
                                     # node-run's tolerance against the reference script's default tolerance
     node-bench contention           # a training step idle and beside busy processes, for each thread policy
+    node-bench reference            # every family's training step against a plain torchdiffeq loop written the
+                                    # way its reference script writes it (same field, weights, batches)
 
 Everything is written under --out (default outputs/bench/<time>/): CSV and Markdown tables, PNGs, and bench.json
 with the command, the machine and the thread count.
@@ -29,7 +31,7 @@ import torch
 from .. import families
 from ..core.checks import ConfigError, DataError, one_line, resolve_device
 from ..core.clock import environment
-from . import contention, families as cross
+from . import contention, families as cross, reference
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +50,7 @@ def commands() -> dict:
 def parse(argv, cmds: dict):
     p = _Parser(prog="node-bench", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", default="all", choices=("all", *cmds, "families", "contention"),
+    p.add_argument("command", nargs="?", default="all", choices=("all", *cmds, "families", "contention", "reference"),
                    help="what to measure (default: every family's default commands: "
                         + ", ".join(n for n, c in cmds.items() if c.default) + ")")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/bench/<time>)")
@@ -58,7 +60,8 @@ def parse(argv, cmds: dict):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--families", default=None, help="families: comma-separated of " + ",".join(cross.specs())
                    + " (default all); contention: of " + ",".join(contention.FAMILIES)
-                   + " (default " + ",".join(contention.DEFAULT_FAMILIES) + ")")
+                   + " (default " + ",".join(contention.DEFAULT_FAMILIES) + "); reference: of "
+                   + ",".join(reference.loops()) + " (default all)")
     p.add_argument("--family-steps", type=int, default=None, help="families: optimizer steps (default: trainer=quick)")
     p.add_argument("--eval-every", type=int, default=25, help="families: steps between evaluations (default 25)")
     p.add_argument("--load", type=int, default=None, help="contention: busy background processes (default: one per "
@@ -67,6 +70,15 @@ def parse(argv, cmds: dict):
                    "comma-separated of " + ",".join(contention.POLICIES))
     p.add_argument("--cell-timeout", type=float, default=300, help="contention: seconds one cell may take before it "
                    "is killed (default 300)")
+    p.add_argument("--reps", type=int, default=20, help="reference: timed training steps of each loop (default 20)")
+    p.add_argument("--warmup-steps", type=int, default=3, help="reference: untimed steps of each loop first "
+                   "(default 3)")
+    p.add_argument("--split-reps", type=int, default=5, help="reference: extra node-run steps with the ODE blocks "
+                   "timed (default 5)")
+    p.add_argument("--node-overrides", default="", help="reference: node-run config overrides for every row, "
+                   "space-separated (e.g. 'solver.first_step_grad=false'; the reference loops keep their own)")
+    p.add_argument("--field-reps", type=int, default=50, help="reference: evaluations of the field timed alone "
+                   "(default 50)")
     adders = []
     for cmd in cmds.values():
         if cmd.add_arguments not in adders:
@@ -74,7 +86,7 @@ def parse(argv, cmds: dict):
             cmd.add_arguments(p)
     args = p.parse_args(argv)
     args.line = "node-bench " + " ".join(argv)   # the command as typed, for every table's header
-    for key in ("threads", "family_steps", "eval_every"):
+    for key in ("threads", "family_steps", "eval_every", "reps", "split_reps", "field_reps"):
         value = getattr(args, key)
         if value is not None and value < 1:
             raise ConfigError(f"--{key.replace('_', '-')}={value} is not allowed: it must be a positive integer")
@@ -86,6 +98,11 @@ def parse(argv, cmds: dict):
         args.load = every_core() if args.load is None else args.load
         if args.load < 1 or not args.cell_timeout > 0:
             raise ConfigError("--load must be a positive integer and --cell-timeout a positive number of seconds")
+    elif args.command == "reference":
+        offered = tuple(reference.loops())
+        args.families = _items(args.families or ",".join(offered), offered, "--families family")
+        if args.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps={args.warmup_steps} is not allowed: it must be at least 0")
     else:
         args.families = _items(args.families or ",".join(cross.specs()), tuple(cross.specs()), "--families family")
     checked = []
@@ -138,7 +155,7 @@ def main(argv=None) -> int:
     args.configure = configure   # how a family's benchmark composes and checks a config
     if args.command == "all":
         chosen = [c for c in cmds.values() if c.default]
-    elif args.command in ("families", "contention"):
+    elif args.command in ("families", "contention", "reference"):
         chosen = []
     else:
         chosen = [cmds[args.command]]
@@ -154,6 +171,8 @@ def main(argv=None) -> int:
                 report.append(write_table(out, "families", rows, cross.COLUMNS, cross.header(args, device)))
             if args.command == "contention":
                 report.append(contention.run(args, out, log))
+            if args.command == "reference":
+                report.append(reference.run(args, device, out, log))
     except (ConfigError, DataError) as exc:
         print(f"node-bench: error: {one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

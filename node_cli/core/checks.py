@@ -129,6 +129,8 @@ def validate(cfg, training: bool = True) -> None:
     positive(s.atol, "solver.atol")
     boolean(s.adjoint, "solver.adjoint")
     choice(s.adjoint_norm, "solver.adjoint_norm", ("default", "seminorm"))
+    boolean(s.get("fast_rk", True), "solver.fast_rk")
+    boolean(s.get("first_step_grad", True), "solver.first_step_grad")
     positive(s.get("step_size"), "solver.step_size", allow_none=True)
     positive(s.get("max_num_steps"), "solver.max_num_steps", integer=True, allow_none=True)
     positive(s.get("max_nfe"), "solver.max_nfe", integer=True, allow_none=True)

@@ -1,5 +1,10 @@
 """Fast stage arithmetic for torchdiffeq's adaptive Runge-Kutta solvers (dopri5, dopri8, bosh3, fehlberg2,
-adaptive_heun), used by `ODEBlock(fast_rk=True)` (`model.fast_rk`).
+adaptive_heun), used by every `ODEBlock` unless `solver.fast_rk=false` (or its `fast_rk` argument says otherwise).
+
+Besides the stage arithmetic below: every requested time inside a step is interpolated at once (`_fast_integrate`,
+`_LazyInterp.at`), a batch's rows can be read each at its own times (`solve_rows`, `ODEBlock.at_rows`), the next
+step size is computed on floats (`_fast_optimal_step_size`), and with `solver.first_step_grad=false` the first
+step's size is estimated without a graph (`_constant_first_step`, opt-in: it changes gradients).
 
 torchdiffeq keeps the stages in one [*shape, stages] buffer (stage dimension last) and forms every combination
 y0 + sum_j c_j k_j as a strided multiply into a temporary followed by a strided sum: on a CPU that is a quarter of
@@ -86,11 +91,42 @@ def _fast_perturb_forward(self, t, y, *, perturb=None):
     return self.base_func(t, y)
 
 
+_TABLEAUS: dict = {}   # id(tableau.alpha) -> (weakref to it, alpha as floats, stacked rows, row lengths, fsal)
+
+
+def _tableau(tableau):
+    """What a step needs of a tableau, computed once per tableau object: the stage times as floats, the rows
+    (beta..., c_sol, c_error) concatenated and their lengths, and whether y1 is the last stage's input (dopri5's
+    first-same-as-last)."""
+    import weakref
+
+    entry = _TABLEAUS.get(id(tableau.alpha))
+    if entry is None or entry[0]() is not tableau.alpha:
+        rows = [*tableau.beta, tableau.c_sol, tableau.c_error]
+        cat = torch.cat(rows)
+        fsal = bool(tableau.c_sol[-1] == 0 and (tableau.c_sol[:-1] == tableau.beta[-1]).all())
+        entry = (weakref.ref(tableau.alpha), tableau.alpha.tolist(), cat, [len(r) for r in rows], fsal)
+        _TABLEAUS.clear() if len(_TABLEAUS) > 64 else None
+        _TABLEAUS[id(tableau.alpha)] = entry
+    return entry[1:]
+
+
+def _split(flat, sizes):
+    out, i = [], 0
+    for n in sizes:
+        out.append(flat[i:i + n])
+        i += n
+    return out
+
+
 def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     """Drop-in for torchdiffeq's `_runge_kutta_step`; returns the stages as a list instead of a stacked buffer.
 
-    When dt itself carries a gradient (backprop through the solver: torchdiffeq's first step size is computed
-    from y0 and f0 with autograd on), torchdiffeq's own arithmetic runs, so that gradient path is kept as is.
+    The stage inputs y0 + sum_j (beta_ij dt) k_j use torchdiffeq's coefficients beta_ij * dt (in the state's dtype),
+    read once per step; the error estimate is formed without a graph (it only steers the step size). When dt itself
+    carries a gradient (backprop through the solver: torchdiffeq's first step size is computed from y0 and f0 with
+    autograd on), torchdiffeq's own arithmetic runs: that gradient path is kept as is, and a first step is often so
+    small that its error estimate is a cancellation at rounding level, which any other summation order would change.
     """
     from torchdiffeq._impl.misc import Perturb
     from torchdiffeq._impl.rk_common import _runge_kutta_step
@@ -98,34 +134,64 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     if dt.requires_grad:
         y1, f1, y1_error, k = _runge_kutta_step(func, y0, f0, t0, dt, t1, tableau)
         return y1, f1, y1_error, list(k.unbind(-1))
+    alpha, cat, sizes, fsal = _tableau(tableau)
     t_dtype = _real_dtype(y0)
     t0, dt, t1 = t0.to(t_dtype), dt.to(t_dtype), t1.to(t_dtype)
-    rows = [*tableau.beta, tableau.c_sol, tableau.c_error]
-    flat = (torch.cat(rows) * dt).tolist()              # the float32 coefficients torchdiffeq forms, one host read
-    coeffs, i = [], 0
-    for r in rows:
-        coeffs.append(flat[i:i + len(r)])
-        i += len(r)
+    coeffs = _split((cat * dt).tolist(), sizes)   # one host read
     ks = [f0]
     yi = y0
-    for i, alpha_i in enumerate(tableau.alpha.tolist()):
+    for i, alpha_i in enumerate(alpha):
         if alpha_i == 1.0:
             ti, perturb = t1, Perturb.PREV
         else:
             ti, perturb = t0 + alpha_i * dt, Perturb.NONE
         yi = _combine(ks, coeffs[i], base=y0)
         ks.append(func(ti, yi, perturb=perturb))
-    if not (tableau.c_sol[-1] == 0 and (tableau.c_sol[:-1] == tableau.beta[-1]).all()):
+    if not fsal:
         yi = _combine(ks, coeffs[-2], base=y0)
-    return yi, ks[-1], _combine(ks, coeffs[-1]), ks
+    with torch.no_grad():
+        error = _combine(ks, coeffs[-1])
+    return yi, ks[-1], error, ks
+
+
+@torch.no_grad()
+def _fast_optimal_step_size(last_step, error_ratio, safety, ifactor, dfactor, order):
+    """torchdiffeq's `_optimal_step_size` on Python floats (float64, as torchdiffeq's): one host read of the error
+    ratio instead of about ten scalar tensor ops."""
+    ratio = float(error_ratio)
+    if ratio == 0:
+        return last_step * ifactor
+    low = 1.0 if ratio < 1 else float(dfactor)
+    return last_step * min(float(ifactor), max(float(safety) / ratio ** (1.0 / order), low))
 
 
 class _LazyInterp(Sequence):
     """The dense-output coefficients of one accepted step, computed the first time they are read: a solve asked
     for its value at t1 only interpolates in its last step, so the fits of all earlier steps are never needed."""
 
-    def __init__(self, fit):
+    def __init__(self, fit, step=None):
         self._fit, self._coefficients = fit, None
+        self.step = step   # (y0, y1, stages, dt as a float, mid as floats) when dt carries no gradient, else None
+
+    def at(self, x: torch.Tensor) -> torch.Tensor:
+        """The polynomial at the positions x [m] (in [0, 1], no gradient) as one matrix product of fixed weights with
+        the step's (y0, y1, k_0 ... k_s): torchdiffeq's fourth-order fit, p(x) = e + d x + c x^2 + b x^3 + a x^4,
+        is linear in y0, y1, y_mid = y0 + dt sum_j mid_j k_j, f0 = k_0 and f1 = k_s, so the weights of each are
+        scalar polynomials in x. The same values up to rounding, without the fit's and the evaluation's ops."""
+        y0, y1, ks, dt, mid = self.step
+        rows = []
+        for xi in x.tolist():
+            x2 = xi * xi
+            x3, x4 = x2 * xi, x2 * x2
+            w_mid = 16 * x2 - 32 * x3 + 16 * x4
+            row = [1 - 11 * x2 + 18 * x3 - 8 * x4 + w_mid, -5 * x2 + 14 * x3 - 8 * x4]
+            row += [w_mid * dt * m for m in mid]
+            row[2] += dt * (xi - 4 * x2 + 5 * x3 - 2 * x4)                    # f0 = k_0
+            row[-1] += dt * (x2 - 3 * x3 + 2 * x4)                            # f1 = k_s
+            rows.append(row)
+        weights = torch.tensor(rows, dtype=y0.dtype, device=y0.device)
+        values = torch.stack([y0, y1, *ks]).reshape(len(ks) + 2, -1)
+        return torch.mm(weights, values).view(len(rows), *y0.shape)
 
     def _get(self):
         if self._coefficients is None:
@@ -150,7 +216,98 @@ def _fast_interp_fit(self, y0, y1, k, dt):
             y_mid = _combine(k, (dt_ * self.mid).tolist(), base=y0)
         return _interp_fit(y0, y1, y_mid, k[0], k[-1], dt_)
 
-    return _LazyInterp(fit)
+    plain = not dt.requires_grad and not y0.is_complex() and len(self.mid) == len(k)
+    return _LazyInterp(fit, (y0, y1, k, float(dt), self.mid.tolist()) if plain else None)
+
+
+def _fast_integrate(self, t):
+    """torchdiffeq's `integrate` with every requested time that falls inside an accepted step interpolated at once
+    (torchdiffeq: one `_advance` per time, each a chain of scalar-times-tensor ops and its own slice copy into the
+    solution): one matrix product (`_LazyInterp.at`), or, when the step or the times carry a gradient (after a
+    first step size with one), the fitted polynomial in torchdiffeq's operation order, elementwise. The same values
+    up to rounding; the same steps, so the same NFE."""
+    if self.row_times is not None:
+        return _integrate_rows(self, t)
+    y0 = self.y0
+    t = t.to(self.dtype)
+    self._before_integrate(t)
+    pieces, i, n = [y0[None]], 1, len(t)
+    while i < n:
+        n_steps = 0
+        while t[i] > self.rk_state.t1:
+            assert n_steps < self.max_num_steps, 'max_num_steps exceeded ({}>={})'.format(n_steps, self.max_num_steps)
+            self.rk_state = self._adaptive_step(self.rk_state)
+            n_steps += 1
+        state = self.rk_state
+        j = i + int((t[i:] <= state.t1).sum())           # every requested time inside this step (t increases)
+        coefficients = state.interp_coeff
+        x = (t[i:j] - state.t0) / (state.t1 - state.t0)
+        if isinstance(coefficients, _LazyInterp) and coefficients.step is not None and not x.requires_grad:
+            pieces.append(coefficients.at(x))
+        else:
+            pieces.append(_evaluate(coefficients, x.to(coefficients[0].dtype).view(-1, *[1] * y0.dim())))
+        i = j
+    return torch.cat(pieces) if len(pieces) > 1 else y0[None].clone()
+
+
+def _evaluate(coefficients, x):
+    """torchdiffeq's `_interp_evaluate` polynomial at x (any shape that broadcasts), in its operation order."""
+    total = coefficients[0] + x * coefficients[1]
+    x_power = x
+    for coefficient in coefficients[2:]:
+        x_power = x_power * x
+        total = total + x_power * coefficient
+    return total
+
+
+def _integrate_rows(self, t):
+    """The solve over t = [t0, t1], each row b of the state read at its own times row_times[b] (in [t0, t1]), each
+    in the step that holds it: [B, k, ...]. The steps are those of a solve asked for the sorted union of all the
+    times (torchdiffeq's steps do not depend on the requested times, only on the last), and each value is that
+    solve's (the same polynomial at the same x), without forming the union's [times, B, ...] solution."""
+    y0 = self.y0
+    shape = (*self.row_times.shape, *[1] * (y0.dim() - 1))
+    rows = self.row_times.to(self.dtype)
+    t = t.to(self.dtype)
+    self._before_integrate(t)
+    out = y0[:, None].expand(-1, rows.shape[1], *y0.shape[1:])   # the rows' times at t0: y0
+    n_steps, done = 0, float(t[0])
+    while t[-1] > self.rk_state.t1:
+        assert n_steps < self.max_num_steps, 'max_num_steps exceeded ({}>={})'.format(n_steps, self.max_num_steps)
+        self.rk_state = self._adaptive_step(self.rk_state)
+        n_steps += 1
+        state = self.rk_state
+        if float(state.t1.detach()) <= done:   # rejected: no new interval
+            continue
+        done = float(state.t1.detach())
+        inside = (rows > state.t0) & (rows <= state.t1)
+        cols = inside.any(0).nonzero().squeeze(1)   # the columns with a time in this step (sorted rows: a few)
+        if len(cols):
+            coefficients = [c[:, None] for c in state.interp_coeff]
+            x = ((rows[:, cols] - state.t0) / (state.t1 - state.t0)).to(y0.dtype).view(len(rows), len(cols),
+                                                                                         *shape[2:])
+            mask = inside[:, cols].view(len(rows), len(cols), *shape[2:])
+            out = out.index_copy(1, cols, torch.where(mask, _evaluate(coefficients, x), out[:, cols]))
+    return out
+
+
+def solve_rows(func, y0, times, kwargs) -> torch.Tensor:
+    """y at each row's own times: y0 [B, ...], times [B, k] (>= 0, the solve starts at 0) -> [B, k, ...], by
+    torchdiffeq's odeint with a fast method (`kwargs`: odeint's keywords, method one of this module's)."""
+    span = torch.stack([times.new_zeros(()), times.max()])
+    options = dict(kwargs.get("options") or {}, row_times=times)
+    return torchdiffeq.odeint(func, y0, span, **dict(kwargs, options=options))
+
+
+def _constant_first_step(func, t0, y0, order, rtol, atol, norm, f0=None):
+    """torchdiffeq's `_select_initial_step`, run without a graph: the same first step size, but no gradient flows
+    through it (torchdiffeq, backpropagating through the solver, differentiates the size of its first step as a
+    function of y0 and f(y0); a given `first_step` and the adjoint never do). Its second field evaluation then needs
+    no graph either; every later step size is chosen without a graph by torchdiffeq too."""
+    from torchdiffeq._impl.misc import _select_initial_step
+
+    with torch.no_grad():
+        return _select_initial_step(func, t0, y0, order, rtol, atol, norm, f0=None if f0 is None else f0.detach())
 
 
 def _register() -> dict:
@@ -164,7 +321,7 @@ def _register() -> dict:
         base = rk_common.RKAdaptiveStepsizeODESolver
         original = base._adaptive_step
         names = original.__code__.co_names
-        missing = [n for n in ("_runge_kutta_step", "_compute_error_ratio") if n not in names]
+        missing = [n for n in ("_runge_kutta_step", "_compute_error_ratio", "_optimal_step_size") if n not in names]
         missing += [n for n in ("Perturb", "_nextafter", "_PerturbFunc") if not hasattr(misc, n)]
         missing += [] if hasattr(rk_common, "_runge_kutta_step") else ["rk_common._runge_kutta_step"]
         importlib.import_module("torchdiffeq._impl.interp")._interp_fit  # noqa: B018 - must exist
@@ -176,21 +333,33 @@ def _register() -> dict:
                       "arithmetic (same method and steps, slower)", RuntimeWarning, stacklevel=3)
         return {}
     step = types.FunctionType(original.__code__, {**vars(rk_common), "_runge_kutta_step": _fast_runge_kutta_step,
-                                                  "_compute_error_ratio": _fast_error_ratio},
+                                                  "_compute_error_ratio": _fast_error_ratio,
+                                                  "_optimal_step_size": _fast_optimal_step_size},
                               original.__name__, original.__defaults__, original.__closure__)
     perturb = misc._PerturbFunc
 
-    def __init__(self, func, *args, **kwargs):
+    def __init__(self, func, *args, row_times=None, first_step_grad=True, **kwargs):
         if type(func) is perturb:   # this solve's own wrapper: a per-instance override
             func.forward = types.MethodType(_fast_perturb_forward, func)
+        self.row_times = row_times   # `solve_rows`: each row's own output times
+        self.first_step_grad = first_step_grad
         super(type(self), self).__init__(func, *args, **kwargs)
+
+    # solver.first_step_grad=false: torchdiffeq's first-step estimate made without a graph (see _constant_first_step)
+    before = base._before_integrate
+    constant = types.FunctionType(before.__code__, {**vars(rk_common), "_select_initial_step": _constant_first_step},
+                                  before.__name__, before.__defaults__, before.__closure__)
+
+    def _before_integrate(self, t):
+        return (before if self.first_step_grad else constant)(self, t)
 
     fast = {}
     for name, cls in list(registry.items()):
         if isinstance(cls, type) and issubclass(cls, base) and SUFFIX not in name:
             fast[name] = name + SUFFIX
             registry[fast[name]] = type(cls.__name__ + "FastRK", (cls,), {
-                "__init__": __init__, "_adaptive_step": step, "_interp_fit": _fast_interp_fit})
+                "__init__": __init__, "_adaptive_step": step, "_interp_fit": _fast_interp_fit,
+                "integrate": _fast_integrate, "_before_integrate": _before_integrate})
     return fast
 
 

@@ -147,9 +147,10 @@ class ODEBlock(nn.Module):
     """Solves dy/dt = field(t, y) with torchdiffeq, by the adjoint method or by backprop through the solver.
 
     `forward(y0)` integrates over [0, t1] and returns y(t1); `forward(y0, t)` returns y at every time in `t`
-    (leading time dimension). `y0` may be a tensor or a tuple of tensors (e.g. state and log-density).
+    (leading time dimension), or with t [B, k] each row of y0 at its own times ([B, k, ...], `at_rows`). `y0` may be
+    a tensor or a tuple of tensors (e.g. state and log-density).
     `fast_rk=True` runs adaptive Runge-Kutta methods with the fast stage arithmetic of `fastrk` (same method,
-    same steps); other methods ignore it.
+    same steps); other methods ignore it. None (the default): the config's `solver.fast_rk` (true when absent).
 
     Counts of the forward solves (odeint, or odeint_adjoint's forward pass): `nfe_forward`, `steps_accepted`,
     `steps_rejected`, `min_dt` (smallest accepted step, None before any adaptive Runge-Kutta step; since
@@ -158,7 +159,7 @@ class ODEBlock(nn.Module):
     """
 
     def __init__(self, field: nn.Module, solver_cfg, t1: float = 1.0, adjoint: bool | None = None,
-                 fast_rk: bool = False):
+                 fast_rk: bool | None = None):
         super().__init__()
         max_nfe = solver_cfg.get("max_nfe")
         self.field = CountedField(field, None if max_nfe is None else int(max_nfe))
@@ -166,8 +167,10 @@ class ODEBlock(nn.Module):
         kwargs = solver_kwargs(solver_cfg, adjoint=True)
         self.kwargs = {k: kwargs.pop(k) for k in ("rtol", "atol", "method", "options")}
         self.adjoint_kwargs = kwargs     # adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options
-        if fast_rk:
+        if solver_cfg.get("fast_rk", True) if fast_rk is None else fast_rk:
             self.kwargs["method"] = fastrk.method(self.kwargs["method"])
+            if solver_cfg.get("first_step_grad") is False and fastrk.SUFFIX in self.kwargs["method"]:
+                self.kwargs["options"] = dict(self.kwargs["options"], first_step_grad=False)
             if kwargs["adjoint_method"] is not None:
                 kwargs["adjoint_method"] = fastrk.method(kwargs["adjoint_method"])
         backward_method = kwargs["adjoint_method"] or self.kwargs["method"]
@@ -239,6 +242,8 @@ class ODEBlock(nn.Module):
             self.adjoint, self.adjoint_kwargs = saved
 
     def forward(self, y0, t: torch.Tensor | None = None):
+        if t is not None and t.dim() == 2:
+            return self.at_rows(y0, t)
         times = self.span if t is None else t
         before = self.field.solve_start = self.field.calls
         if self.adjoint:
@@ -249,6 +254,21 @@ class ODEBlock(nn.Module):
         if t is not None:
             return out
         return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
+
+    def at_rows(self, y0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """y at each row's own times, from y0 [B, ...] at time 0 and t [B, k] (non-negative): [B, k, ...]. One solve
+        for the whole batch, read at every row's times: with the fast arithmetic and without the adjoint, each row
+        straight from the step polynomial that holds its time (fastrk.solve_rows); otherwise the solve at the
+        sorted union of all times and a gather, the same values."""
+        if fastrk.SUFFIX in self.kwargs["method"] and not self.adjoint and torch.is_tensor(y0) \
+                and len(t) == len(y0) and t.numel() and bool(t.min() >= 0) and bool(t.max() > 0):
+            before = self.field.calls
+            out = fastrk.solve_rows(self.field, y0, t, self.kwargs)
+            self.nfe_forward += self.field.calls - before
+            return out
+        grid, where = torch.unique(torch.cat([t.new_zeros(1), t.reshape(-1)]), sorted=True, return_inverse=True)
+        ys = self(y0, grid)                                                 # [len(grid), B, ...]
+        return ys[where[1:].view(t.shape), torch.arange(len(y0), device=y0.device)[:, None]]
 
 
 def nfe(model: nn.Module) -> tuple[int, int]:

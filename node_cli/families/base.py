@@ -34,6 +34,18 @@ class BenchSpec:
 
 
 @dataclass(frozen=True)
+class ReferenceLoop:
+    """One row of `node-bench reference`: a plain loop written the way the family's reference script writes it
+    (odeint called directly, a Python NFE counter, the script's optimizer and trace) on node-run's field
+    architecture, initial weights and batches, timed against node-run's own training step on the same batches."""
+    cfg: object          # node-run's config of the row (its solver settings are the ones both solve at)
+    task: object         # node-run's task, as `fit` trains it (model, loss)
+    batches: list        # the training batches both loops take, in order
+    step: Callable       # the reference loop's training step: (batch) -> (loss, nfe_forward, nfe_backward)
+    settings: str        # what the reference loop does differently, in words (optimizer, trace, adjoint)
+
+
+@dataclass(frozen=True)
 class BenchCommand:
     """A `node-bench NAME` command of a family. `add_arguments(parser)` adds its options (names must not clash
     with other families'); `run(args, device, out, log)` measures and returns Markdown sections, having written
@@ -57,6 +69,8 @@ class Family:
     bench: BenchSpec | None = None              # its row of `node-bench families`
     bench_commands: Callable = lambda: {}       # () -> {name: BenchCommand}
     tools: Callable = lambda: {}                # () -> {name: main(argv)}: `node-report NAME ...`
+    # `node-bench reference`: () -> {row: build(configure, device, seed, batches) -> ReferenceLoop}
+    reference: Callable = lambda: {}
     headline: tuple = ()                        # summary keys of its headline metric, first present wins (lower is better)
     extras: dict = field(default_factory=dict)  # anything else a family wants to publish
     # threads=auto: torch threads of its runs (None: every core). One by default: the small models of spirals,

@@ -140,3 +140,130 @@ def test_importing_registers_nothing_until_first_use():
     assert got["name"] == "dopri5" + fastrk.SUFFIX
     assert got["added"] and all(n.endswith(fastrk.SUFFIX) for n in got["added"])   # only new names, on first use
     assert "dopri5" + fastrk.SUFFIX in got["added"]
+
+
+class Decay(nn.Module):
+    """A small MLP field on a float32 state, as the dynamics family's (fixed weights)."""
+
+    def __init__(self, dim=2):
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = nn.Sequential(nn.Linear(dim, 16), nn.Tanh(), nn.Linear(16, dim))
+
+    def forward(self, t, y):
+        return self.net(y) - 0.3 * y
+
+
+def steps_and_solution(block, y0, t):
+    """(accepted, rejected, NFE-F, NFE-B) and the outputs, input and parameter gradients of one forward + backward."""
+    y = y0.clone().requires_grad_(True)
+    out = block(y, t)
+    (out.pow(2).sum() + out.sum()).backward()
+    grads = [y.grad] + [p.grad.clone() for p in block.parameters()]
+    counts = (block.steps_accepted, block.steps_rejected, block.nfe_forward, block.nfe_backward)
+    return counts, out.detach(), grads
+
+
+@pytest.mark.parametrize("dtype, tol, grad_tol", [(torch.float64, 1e-10, 1e-9), (torch.float32, 1e-5, 1e-3)])
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_many_output_times_per_step_take_torchdiffeqs_steps_values_and_gradients(solver_cfg, adjoint, dtype, tol,
+                                                                                 grad_tol):
+    """Hundreds of requested times, several inside each step (the latent ODE's union grid, ode_demo's windows):
+    the batched dense output gives torchdiffeq's values, the same accepted/rejected steps and NFE, forward and
+    backward (the adjoint's backward solve included), to rounding (float32's accumulates over the steps and, in
+    the adjoint, over its 300 restarts of the backward solve)."""
+    field = Decay().to(dtype)
+    y0 = torch.randn(5, 2, generator=torch.Generator().manual_seed(0)).to(dtype)
+    t = torch.sort(torch.rand(300, generator=torch.Generator().manual_seed(1)) * 3).values
+    t = torch.cat([torch.zeros(1), t]).to(dtype)
+    solver = solver_cfg(rtol=1e-5, atol=1e-6, adjoint=adjoint)
+    plain, fast = (steps_and_solution(ODEBlock(copy.deepcopy(field), solver, fast_rk=f), y0, t) for f in (False, True))
+    assert plain[0] == fast[0] and plain[0][0] > 3                 # same steps, several times per step
+    assert (plain[0][3] > 0) == adjoint
+    torch.testing.assert_close(fast[1], plain[1], rtol=tol, atol=tol)
+    for a, b in zip(plain[2], fast[2]):
+        torch.testing.assert_close(b, a, rtol=grad_tol, atol=grad_tol)
+
+
+def test_solver_fast_rk_false_is_plain_torchdiffeq(solver_cfg):
+    """The switch: solver.fast_rk (true by default) picks the fast method name; false gives torchdiffeq's own."""
+    assert ODEBlock(Decay(), solver_cfg()).kwargs["method"] == "dopri5" + fastrk.SUFFIX
+    assert ODEBlock(Decay(), solver_cfg(fast_rk=False)).kwargs["method"] == "dopri5"
+    assert ODEBlock(Decay(), solver_cfg(fast_rk=False), fast_rk=True).kwargs["method"] == "dopri5" + fastrk.SUFFIX
+
+
+def test_fast_step_size_control_is_torchdiffeqs():
+    """The float step-size rule against torchdiffeq's tensor one, over ratios below, at and above 1 and at 0."""
+    from torchdiffeq._impl.misc import _optimal_step_size
+
+    f64 = dict(dtype=torch.float64)
+    consts = [torch.tensor(v, **f64) for v in (0.9, 10.0, 0.2)]
+    for order in (2, 3, 5, 8):
+        for ratio in (0.0, 1e-9, 0.3, 1.0, 1.7, 50.0, 1e6):
+            for last in (1e-4, 0.37):
+                args = (torch.tensor(last, **f64), torch.tensor(ratio, dtype=torch.float32), *consts, order)
+                assert fastrk._fast_optimal_step_size(*args).item() == pytest.approx(
+                    _optimal_step_size(*args).item(), rel=1e-15, abs=0)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_each_row_at_its_own_times_is_the_union_grid_solve(solver_cfg, dtype, tol):
+    """ODEBlock(y0, t) with t [B, k] (the latent ODE's irregular times): the fast path reads each row from the step
+    polynomial that holds its time; the plain path (solver.fast_rk=false) solves at the sorted union of all times
+    and gathers, and so does an independent union solve here. Same steps and NFE, same values and gradients."""
+    field = Decay(3).to(dtype)
+    g = torch.Generator().manual_seed(2)
+    y0 = torch.randn(6, 3, generator=g).to(dtype)
+    t = torch.sort(torch.rand(6, 7, generator=g) * 2.5, dim=1).values.to(dtype)
+    t[0, 0] = 0.0                                                    # a time at the start: y0 itself
+    t[1, 3] = t[2, 5]                                                # a time shared by two rows
+    solver = solver_cfg(rtol=1e-6, atol=1e-7, adjoint=False)
+    got = {}
+    for fast in (False, True):
+        block = ODEBlock(copy.deepcopy(field), solver, fast_rk=fast)
+        y = y0.clone().requires_grad_(True)
+        out = block(y, t)
+        out.pow(2).sum().backward()
+        got[fast] = (out.detach(), [y.grad] + [p.grad for p in block.parameters()],
+                     (block.steps_accepted, block.steps_rejected, block.nfe_forward))
+    union = ODEBlock(copy.deepcopy(field), solver, fast_rk=False)
+    grid, where = torch.unique(torch.cat([t.new_zeros(1), t.reshape(-1)]), sorted=True, return_inverse=True)
+    with torch.no_grad():
+        independent = union(y0, grid)[where[1:].view(t.shape), torch.arange(6)[:, None]]
+    assert got[True][0].shape == (6, 7, 3)
+    assert got[True][2] == got[False][2] == (union.steps_accepted, union.steps_rejected, union.nfe_forward)
+    assert got[True][2][0] > 3
+    torch.testing.assert_close(got[True][0][0, 0], y0[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[False][0], independent, rtol=0, atol=0)
+    torch.testing.assert_close(got[True][0], independent, rtol=tol, atol=tol)
+    for a, b in zip(got[False][1], got[True][1]):
+        torch.testing.assert_close(b, a, rtol=10 * tol, atol=10 * tol)
+
+
+def test_first_step_without_gradient_is_torchdiffeq_given_that_first_step(solver_cfg):
+    """solver.first_step_grad=false: torchdiffeq's own first-step estimate, made without a graph. The solve is
+    torchdiffeq's default one (same steps, NFE and values), and its gradients are those of torchdiffeq told that
+    very first step (solver.first_step: a constant), which evaluates the field once less (no estimate)."""
+    from torchdiffeq._impl.misc import _rms_norm, _select_initial_step
+
+    field = Decay(3).double()
+    y0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t = torch.linspace(0, 2, 6, dtype=torch.float64)
+    rtol, atol = 1e-6, 1e-7
+    with torch.no_grad():
+        f64 = dict(dtype=torch.float64)
+        dt0 = _select_initial_step(field, t[0], y0, 4, torch.tensor(rtol, **f64), torch.tensor(atol, **f64),
+                                   _rms_norm, f0=field(t[0], y0)).item()
+    runs = {}
+    for label, cfg, fast in (("no grad", dict(first_step_grad=False), True), ("default", {}, False),
+                             ("given", dict(first_step=dt0), False)):
+        block = ODEBlock(copy.deepcopy(field), solver_cfg(rtol=rtol, atol=atol, adjoint=False, **cfg), fast_rk=fast)
+        runs[label] = steps_and_solution(block, y0, t)
+    (counts, out, grads), (d_counts, d_out, d_grads), (g_counts, g_out, g_grads) = (
+        runs["no grad"], runs["default"], runs["given"])
+    assert counts == d_counts and counts[2] == g_counts[2] + 1 and counts[:2] == g_counts[:2]
+    torch.testing.assert_close(out, d_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, g_out, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_grads, grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    assert any((a - b).abs().max() > 1e-12 for a, b in zip(d_grads, grads))   # torchdiffeq's differs: dt0's path

@@ -15,4 +15,5 @@ FAMILY = Family(
     sections=lazy(f"{__name__}.report:sections"),
     # the reference script (torchdiffeq's ode_demo.py) solves at odeint's defaults
     bench=BenchSpec("dynamics_spiral", ("solver.rtol=1e-7", "solver.atol=1e-9"), "test_mse"),
+    reference=lazy(f"{__name__}.reference:loops"),
 )

@@ -27,4 +27,5 @@ FAMILY = Family(
     # the reference script (torchdiffeq's cnf.py) solves at rtol = atol = 1e-5
     bench=BenchSpec("cnf_circles", ("solver.rtol=1e-5", "solver.atol=1e-5"), "test_nll"),
     bench_commands=lambda: BENCH,
+    reference=lazy(f"{__name__}.reference:loops"),
 )

@@ -6,10 +6,11 @@ normalizing flow.
 - `FreeFormField`: the vector field on the state (z, delta[, kinetic, jacobian]): dz/dt = f(t, z),
   d delta/dt = -tr(df/dz), and, when the regularisers are on, d kinetic/dt = |f|^2 and
   d jacobian/dt = |eps^T df/dz|^2 (RNODE: the same solve integrates them as extra states).
-  The trace is `exact` (d vector-Jacobian products, one per coordinate; then the Jacobian term is the exact
-  Frobenius norm |df/dz|_F^2 from the same rows) or `hutchinson`: eps^T (df/dz) eps with one vector-Jacobian
-  product, eps drawn once per solve (`rademacher` or `gaussian`, E[eps eps^T] = I, so the estimate is unbiased),
-  and the Jacobian term is |eps^T df/dz|^2 from the same product (unbiased for |df/dz|_F^2).
+  The trace is `exact` (the Jacobian carried through the layers in closed form, one batched pass, or with
+  `model.fast_trace=false` d vector-Jacobian products, one per coordinate as FFJORD's brute force; then the
+  Jacobian term is the exact Frobenius norm |df/dz|_F^2 of the same Jacobian) or `hutchinson`: eps^T (df/dz) eps
+  with one vector-Jacobian product, eps drawn once per solve (`rademacher` or `gaussian`, E[eps eps^T] = I, so the
+  estimate is unbiased), and the Jacobian term is |eps^T df/dz|^2 from the same product (unbiased for |df/dz|_F^2).
 - `FFJORD`: base N(0, base_std^2 I) at t = 0, data at t = t1 (a parameter with `learn_t1`, kept positive as
   t1 = softplus(s)); every solve goes through `ODEBlock` (torchdiffeq; NFE counted; the adjoint and its seminorm
   as configured). `log_prob(x)` solves back from t1 to 0; `sample(z0)` forward; `stages` as the planar CNF.
@@ -59,6 +60,30 @@ class FreeFormNet(nn.Module):
                 h = self.act(h)
         return h
 
+    def with_jacobian(self, t, z):
+        """(f(t, z) [N, d], its Jacobian transposed, (df/dz)^T [N, d, d]) in one forward pass: the Jacobian is carried
+        through the layers in closed form (a concat-squash layer's is its weight scaled by its time gate, the
+        activation's is diagonal) as d extra rows per point through each layer's weight, one matrix product per
+        layer; ordinary autograd differentiates it like any other function of the parameters."""
+        t = t.reshape(1, 1).to(z.dtype)
+        h, jac = z, None
+        for i, layer in enumerate(self.layers):
+            gate = torch.sigmoid(layer.gate(t))                        # [1, n_out]
+            h = layer.linear(h) * gate + layer.shift(t)
+            if jac is None:                                            # d(first layer)/dz, the same for every point
+                jac = (layer.linear.weight.T * gate).expand(len(z), -1, -1)
+            else:                                                      # rows [N, d, n_in] -> [N, d, n_out]
+                jac = nn.functional.linear(jac, layer.linear.weight) * gate
+            if i < len(self.layers) - 1:
+                if isinstance(self.act, nn.Tanh):
+                    h = torch.tanh(h)
+                    slope = 1 - h * h
+                else:   # softplus (beta 1): its slope is the logistic function
+                    slope = torch.sigmoid(h)
+                    h = self.act(h)
+                jac = jac * slope.unsqueeze(1)
+        return h, jac
+
 
 def noise_like(z: torch.Tensor, kind: str) -> torch.Tensor:
     """Hutchinson's probe: Rademacher (+-1) or standard Gaussian, E[eps eps^T] = I."""
@@ -85,16 +110,24 @@ def divergence(f: torch.Tensor, z: torch.Tensor, trace: str, eps: torch.Tensor |
 class FreeFormField(nn.Module):
     """The ODE on (z, delta) or (z, delta, kinetic, jacobian): see the module docstring."""
 
-    def __init__(self, net: FreeFormNet, trace: str = "hutchinson", noise: str = "rademacher"):
+    def __init__(self, net: FreeFormNet, trace: str = "hutchinson", noise: str = "rademacher",
+                 closed_form: bool = True):
         super().__init__()
         self.net = net
         self.trace, self.noise = trace, noise
+        self.closed_form = closed_form   # exact trace from `net.with_jacobian` (one pass) where the net has it
         self.eps = None   # the probe of the current solve (hutchinson), set by FFJORD before each solve
 
     def forward(self, t, state):
         z = state[0]
         regularise = len(state) > 2
         graph = torch.is_grad_enabled()   # inside a training solve or the adjoint's backward solve
+        if self.trace == "exact" and self.closed_form and hasattr(self.net, "with_jacobian"):
+            f, jac = self.net.with_jacobian(t, z)
+            out = (f, -jac.diagonal(dim1=1, dim2=2).sum(1, keepdim=True))
+            if regularise:
+                out = out + (f.pow(2).sum(1, keepdim=True), jac.pow(2).sum((1, 2)).unsqueeze(1))
+            return out
         with torch.enable_grad():
             if not (graph and z.requires_grad):   # a leaf of its own when no gradient flows back through z
                 z = z.detach().requires_grad_(True)
@@ -109,11 +142,11 @@ class FreeFormField(nn.Module):
 
 class FFJORD(nn.Module):
     def __init__(self, dim: int, hidden, activation: str, t1: float, learn_t1: bool, trace: str, noise: str,
-                 base_std: float, solver_cfg, kinetic: float = 0.0, jacobian: float = 0.0):
+                 base_std: float, solver_cfg, kinetic: float = 0.0, jacobian: float = 0.0, fast_trace: bool = True):
         super().__init__()
         self.dim, self.base_std = dim, float(base_std)
         self.kinetic, self.jacobian = float(kinetic), float(jacobian)
-        self.field = FreeFormField(FreeFormNet(dim, list(hidden), activation), trace, noise)
+        self.field = FreeFormField(FreeFormNet(dim, list(hidden), activation), trace, noise, fast_trace)
         self.block = ODEBlock(self.field, solver_cfg, t1=t1)
         raw = math.log(math.expm1(float(t1)))   # softplus^-1(t1)
         self.raw_t1 = nn.Parameter(torch.tensor(raw), requires_grad=bool(learn_t1))
@@ -188,4 +221,4 @@ class FFJORD(nn.Module):
 def build_ffjord(cfg, dim: int = 2) -> FFJORD:
     m = cfg.model
     return FFJORD(dim, list(m.hidden), m.activation, m.t1, m.learn_t1, m.trace, m.noise, cfg.dataset.base_std,
-                  cfg.solver, kinetic=m.kinetic, jacobian=m.jacobian)
+                  cfg.solver, kinetic=m.kinetic, jacobian=m.jacobian, fast_trace=bool(m.get("fast_trace", True)))

@@ -209,6 +209,7 @@ def check_ffjord(m) -> None:
     boolean(m.get("learn_t1"), "model.learn_t1")
     choice(m.get("trace"), "model.trace", TRACES)
     choice(m.get("noise"), "model.noise", NOISES)
+    boolean(m.get("fast_trace", True), "model.fast_trace")
     number(m.get("kinetic"), "model.kinetic", 0)
     number(m.get("jacobian"), "model.jacobian", 0)
     positive(m.get("eval_tol"), "model.eval_tol", allow_none=True)

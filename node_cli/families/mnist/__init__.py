@@ -21,5 +21,6 @@ FAMILY = Family(
     sections=lazy(f"{__name__}.report:sections"),
     bench_commands=lambda: BENCH,
     tools=lambda: {"tolsweep": lazy(f"{__name__}.tolsweep:main")},
+    reference=lazy(f"{__name__}.reference:loops"),
     threads=None,   # threads=auto: every core (its convolutions pay for a second thread; node-bench contention)
 )

@@ -122,7 +122,7 @@ def build_mnist_model(model_cfg, solver_cfg) -> nn.Module:
                               "(or use model=odenet for the adjoint)")
         extra = int(model_cfg.get("augment_dim", 0) or 0)
         middle = ODEBlock(ConvField(c + extra), solver_cfg, t1=model_cfg.t1,
-                          fast_rk=bool(model_cfg.get("fast_rk", False)))
+                          fast_rk=bool(model_cfg.get("fast_rk", False)) and bool(solver_cfg.get("fast_rk", True)))
         if extra:
             middle = Augmented(middle, c, extra)
     else:

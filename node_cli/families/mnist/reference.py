@@ -184,3 +184,36 @@ class ReferenceTrainer:
             nfe_backward = self.feature_layers[0].nfe
             self.feature_layers[0].nfe = 0
         return loss, nfe_forward, nfe_backward
+
+
+# ------------------------------------------------------------------------------------------ node-bench reference
+def loop(configure, device, seed: int, n_batches: int):
+    """ODE-Net (adjoint, dopri5 1e-3, batch 128) against the example's model and loop body on node-run's batches:
+    the `node-bench reference` row (`node-bench step` also times the example's DataLoader)."""
+    from ..base import ReferenceLoop
+    from .task import MnistTask
+
+    cfg = configure(["experiment=mnist_odenet", "solver.rtol=1e-3", "solver.atol=1e-3", "trainer.batch_size=128",
+                     f"seed={seed}", f"device={device.type}"])
+    torch.manual_seed(seed)
+    task = MnistTask(cfg, device)
+    batches, epoch = [], 0
+    while len(batches) < n_batches:
+        batches += list(zip(range(n_batches - len(batches)), task.train_batches(epoch)))
+        epoch += 1
+    batches = [b for _, b in batches]
+    model, feature_layers = build_reference_model("odenet", tol=1e-3, adjoint=True, channels=int(cfg.model.channels))
+    copy_weights(task.model, model)
+    trainer = ReferenceTrainer(model.to(device), feature_layers, None, device, lr=float(cfg.trainer.lr),
+                               batch_size=int(cfg.trainer.batch_size))
+
+    def step(batch):
+        loss, nfe_forward, nfe_backward = trainer.step(batch)
+        return loss.item(), nfe_forward, nfe_backward
+
+    return ReferenceLoop(cfg, task, batches, step, "odenet_mnist.py: odeint_adjoint on the concatenating ODEfunc, "
+                         "SGD 0.1 momentum 0.9 (node-run: model.fast_rk, ConcatConv2d without the concatenation)")
+
+
+def loops() -> dict:
+    return {"mnist_odenet": loop}

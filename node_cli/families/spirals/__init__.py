@@ -12,4 +12,5 @@ FAMILY = Family(
     sections=lazy(f"{__name__}.report:sections"),
     # the reference script (torchdiffeq's latent_ode.py) solves at odeint's defaults
     bench=BenchSpec("spiral_latent_ode", ("solver.rtol=1e-7", "solver.atol=1e-9"), "test_rmse"),
+    reference=lazy(f"{__name__}.reference:loops"),
 )

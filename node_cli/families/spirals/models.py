@@ -73,12 +73,10 @@ class LatentODE(nn.Module):
     def latent_at(self, z0, t, ode: ODEBlock | None = None):
         """z at each trajectory's own times: z0 [B, d], t [B, k] (non-negative) -> [B, k, d].
 
-        One solve on the sorted union of all times in `t` (and 0, where z0 lives), then a per-row gather.
-        `ode` replaces the model's block (same field, other solver settings) for a reference solve."""
-        grid, where = torch.unique(torch.cat([t.new_zeros(1), t.reshape(-1)]), sorted=True, return_inverse=True)
-        zs = (ode or self.ode)(z0, grid).transpose(0, 1)                  # [B, len(grid), d]
-        index = where[1:].view(t.shape)[..., None].expand(-1, -1, zs.shape[-1])
-        return torch.gather(zs, 1, index)
+        One solve for the whole batch, read at each row's times (`ODEBlock.at_rows`: the values of a solve on the
+        sorted union of all times in `t`, and 0, where z0 lives). `ode` replaces the model's block (same field,
+        other solver settings) for a reference solve."""
+        return (ode or self.ode)(z0, t)
 
     def elbo(self, x, t, noise=None):
         """Per-trajectory ELBO [B] with one sample of z0 (`noise` ~ N(0, I), drawn here when None)."""

@@ -12,7 +12,7 @@ from node_cli.cli import main, precheck
 from node_cli.core.checks import ConfigError
 from node_cli.core.compose import options
 from node_cli.families.flows import toys
-from node_cli.families.flows.ffjord import FFJORD, FreeFormNet, divergence, log_normal, noise_like
+from node_cli.families.flows.ffjord import FFJORD, FreeFormField, FreeFormNet, divergence, log_normal, noise_like
 from node_cli.families.flows.task import FlowTask
 
 POINTS = torch.tensor([[0.3, -0.4], [1.2, 0.8], [-1.5, 0.2], [0.0, 2.0]], dtype=torch.float64)
@@ -303,3 +303,48 @@ def test_node_bench_ffjord_and_the_report_tables(tmp_path):
     assert "#### Regularisation: RNODE" in text and "kinetic 0.1, jacobian 0.1" in text
     assert "#### Dimension scaling" in text and "exact / Hutchinson" in text
     assert (tmp_path / "report" / "ffjord_nfe.png").is_file() and page is not None
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus"])
+@pytest.mark.parametrize("dim", [2, 5])
+def test_closed_form_exact_trace_is_the_brute_force_one(activation, dim):
+    """The Jacobian carried through the layers: trace and Frobenius norm equal FFJORD's d vector-Jacobian products,
+    and so do their gradients with respect to every parameter and the state."""
+    torch.manual_seed(0)
+    net = FreeFormNet(dim, [16, 8], activation).double()
+    z0 = torch.randn(7, dim, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    results = []
+    for closed in (False, True):
+        z = z0.clone().requires_grad_(True)
+        zero = torch.zeros(7, 1, dtype=torch.float64)
+        out = FreeFormField(net, "exact", closed_form=closed)(t, (z, zero, zero, zero))
+        net.zero_grad()
+        (out[1].pow(2).sum() + out[3].sum() + out[0].sum()).backward()
+        results.append(([o.detach() for o in out], [z.grad] + [p.grad.clone() for p in net.parameters()]))
+    brute_tr = -torch.stack([torch.autograd.functional.jacobian(lambda x: net(t, x[None])[0], z0[i]).trace()
+                             for i in range(7)])
+    torch.testing.assert_close(results[1][0][1][:, 0], brute_tr, rtol=1e-10, atol=1e-12)   # independent: jacobian()
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_closed_form_trace_solves_take_the_brute_force_steps(solver_cfg, adjoint):
+    """A whole FFJORD log-density solve, exact trace: closed form and model.fast_trace=false take the same steps
+    and NFE and give the same log-densities and gradients (the adjoint's backward solve included)."""
+
+    cfg = solver_cfg(rtol=1e-6, atol=1e-6, adjoint=adjoint)
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = FFJORD(2, [16, 16], "tanh", 0.5, True, "exact", "rademacher", 1.0, cfg, fast_trace=fast).double()
+        loss = model.loss(x)
+        loss.backward()
+        got.append((loss.detach(), [p.grad for p in model.parameters()], model.block.nfe_forward,
+                    model.block.nfe_backward, model.block.steps_accepted))
+    assert got[0][2:] == got[1][2:] and got[0][2] > 6 and (got[0][3] > 0) == adjoint
+    torch.testing.assert_close(got[1][0], got[0][0], rtol=1e-10, atol=1e-10)
+    for a, b in zip(got[0][1], got[1][1]):
+        torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9)
