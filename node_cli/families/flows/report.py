@@ -417,8 +417,11 @@ def _objectives(rep: Page, runs) -> None:
                 for row, x in ((0, 2), (1, 1)):
                     axes[row][j].plot([c[x] for c in curve], [c[3] for c in curve], "o-", ms=2, color=f"C{i}",
                                       label=label if k == 0 else None)
+        nll = [c[3] for pairs in curves.values() for _, curve in pairs for c in curve]
+        low = min(nll + ([floor] if floor is not None else []))
         for row, what in ((0, "wall-clock s (evaluations included)"), (1, "training s (timed steps)")):
             ax = axes[row][j]
+            ax.set_ylim(low - 0.05, min(max(nll), level + 1.5) + 0.05)   # early evaluations may be far above
             ax.axhline(level, color="grey", ls="--", lw=0.8, label=f"best + {MARGIN:g}")
             if floor is not None:
                 ax.axhline(floor, color="black", ls=":", lw=0.8, label="true density")
