@@ -230,4 +230,10 @@ def test_the_report_compares_the_objectives(runs, tmp_path):
     table = [line for line in text.splitlines() if line.startswith("| 8gaussians |")]
     assert [line.split(" | ")[1] for line in table] == sorted(runs)   # one row per objective
     assert (tmp_path / "report" / "ffjord_objectives.png").is_file()
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "report" / "ffjord_objectives.csv")))
+    best = min(rows, key=lambda r: float(r["test_nll"]))
+    assert float(best["level"]) == pytest.approx(float(best["test_nll"]) + 0.05)
+    # the best run reaches the level by its final evaluation at the latest: within its whole timed training
+    assert 0 < float(best["train_s_to_level"]) <= float(best["sec_per_step"]) * int(best["steps"]) * (1 + 1e-9)
     assert "#### Regularisation" not in text   # flow-matching runs are not taken for unregularised pairs
