@@ -411,12 +411,13 @@ def _objectives(rep: Page, runs) -> None:
             f"test NLL + {MARGIN:g} nats, met at the first evaluation at or below it (intermediate evaluations use "
             "trainer.eval_limit test points; null: all).", "")
     fig, axes = plt_figure(2, len(panels), figsize=(4.2 * len(panels), 6.4), squeeze=False)
+    colour = {label: f"C{i}" for i, label in enumerate(sorted({lb for p in panels for lb in p[3]}))}
     for j, (data, level, floor, curves) in enumerate(panels):
-        for i, (label, pairs) in enumerate(curves.items()):
+        for label, pairs in curves.items():
             for k, (_, curve) in enumerate(pairs):
                 for row, x in ((0, 2), (1, 1)):
-                    axes[row][j].plot([c[x] for c in curve], [c[3] for c in curve], "o-", ms=2, color=f"C{i}",
-                                      label=label if k == 0 else None)
+                    axes[row][j].plot([c[x] for c in curve], [c[3] for c in curve], "o-", ms=2,
+                                      color=colour[label], label=label if k == 0 else None)
         nll = [c[3] for pairs in curves.values() for _, curve in pairs for c in curve]
         low = min(nll + ([floor] if floor is not None else []))
         for row, what in ((0, "wall-clock s (evaluations included)"), (1, "training s (timed steps)")):
