@@ -350,8 +350,8 @@ def _curve(run: Run) -> list[tuple]:
 
 
 def _reached(curve: list[tuple], level: float):
-    """(training s, wall s) at the first evaluation with test NLL <= level, or None."""
-    return next(((train, wall) for _, train, wall, nll in curve if nll <= level), None)
+    """(training s, wall s, step) at the first evaluation with test NLL <= level, or None."""
+    return next(((train, wall, step) for step, train, wall, nll in curve if nll <= level), None)
 
 
 def _objectives(rep: Page, runs) -> None:
@@ -394,7 +394,8 @@ def _objectives(rep: Page, runs) -> None:
                                      eval_nfe_sample=r.s("eval_nfe_sample"), nfe_forward=r.s("nfe_forward"),
                                      nfe_backward=r.s("nfe_backward"), sec_per_step=r.s("sec_per_step"),
                                      level=level, train_s_to_level=hit[0] if hit else None,
-                                     wall_s_to_level=hit[1] if hit else None, wall_time=r.s("wall_time"),
+                                     wall_s_to_level=hit[1] if hit else None,
+                                     step_to_level=hit[2] if hit else None, wall_time=r.s("wall_time"),
                                      run_id=r.id, run_dir=str(r.path)))
             rep.mark(used, "flow matching against maximum likelihood")
         panels.append((data, level, mean(sum(cells.values(), []), "test_nll_data"), curves))

@@ -236,4 +236,5 @@ def test_the_report_compares_the_objectives(runs, tmp_path):
     assert float(best["level"]) == pytest.approx(float(best["test_nll"]) + 0.05)
     # the best run reaches the level by its final evaluation at the latest: within its whole timed training
     assert 0 < float(best["train_s_to_level"]) <= float(best["sec_per_step"]) * int(best["steps"]) * (1 + 1e-9)
+    assert 0 < int(best["step_to_level"]) <= int(best["steps"])
     assert "#### Regularisation" not in text   # flow-matching runs are not taken for unregularised pairs
