@@ -11,6 +11,8 @@ from ..base import BenchCommand, BenchSpec, Family, lazy
 
 def experiment_of(run) -> str:
     data = run.c("dataset.name")
+    if run.model == "ffjord" and run.c("model.loss", "mle") != "mle":
+        return f"fm_{data}"   # flow matching (model.loss=cfm|otcfm): experiments fm_<data>
     return f"density_{run.model}" if data == "density" else f"{run.model}_{data}"
 
 

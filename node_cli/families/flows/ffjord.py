@@ -14,6 +14,12 @@ normalizing flow.
 - `FFJORD`: base N(0, base_std^2 I) at t = 0, data at t = t1 (a parameter with `learn_t1`, kept positive as
   t1 = softplus(s)); every solve goes through `ODEBlock` (torchdiffeq; NFE counted; the adjoint and its seminorm
   as configured). `log_prob(x)` solves back from t1 to 0; `sample(z0)` forward; `stages` as the planar CNF.
+- Training objective (`loss`): `mle`, maximum likelihood through the solver (above); or flow matching, which
+  never solves: `cfm` (Lipman et al. 2023; Tong et al. 2024's I-CFM) regresses the same field f(t, z) on the
+  velocity of a straight path from a base point x0 to a data point x1, `otcfm` (Tong et al.'s OT-CFM) first pairs
+  the batch's x0 and x1 by exact minibatch optimal transport (`ot_pairing`, POT's `ot.emd`). The path runs over
+  the model's own time [0, t1] in the model's direction (base at 0, data at t1), so sampling, log-likelihood,
+  figures and their NFE are those of the maximum-likelihood model, unchanged.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from ...core.solve import ODEBlock
 from .models import FRACTIONS, log_normal
 
 TRACES = ("exact", "hutchinson")
+LOSSES = ("mle", "cfm", "otcfm")   # model.loss: maximum likelihood, flow matching, OT flow matching
 NOISES = ("rademacher", "gaussian")
 ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus}
 
@@ -39,7 +46,7 @@ class ConcatSquash(nn.Module):
         self.shift = nn.Linear(1, n_out, bias=False)
 
     def forward(self, t, h):
-        t = t.reshape(1, 1).to(h.dtype)
+        t = t.reshape(-1, 1).to(h.dtype)   # one time for the batch (solves) or one per point (flow matching)
         return self.linear(h) * torch.sigmoid(self.gate(t)) + self.shift(t)
 
 
@@ -107,6 +114,29 @@ def divergence(f: torch.Tensor, z: torch.Tensor, trace: str, eps: torch.Tensor |
     return (vjp * eps).sum(1), vjp.pow(2).sum(1)
 
 
+OT_ITERATIONS = 1_000_000   # network-simplex iterations allowed to ot.emd (its default, 100,000, is short of 256^2)
+
+
+def cfm_loss(net, x0: torch.Tensor, x1: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, sigma: float,
+             t1) -> torch.Tensor:
+    """Conditional flow matching: at a fraction s [N] of the way along the straight path from x0 (base, t = 0) to
+    x1 (data, t = t1), the point x_s = (1 - s) x0 + s x1 + sigma noise; the field at t = s t1 is regressed on the
+    path's velocity in the model's time, dx/dt = (x1 - x0) / t1. Returns the batch mean of the squared error."""
+    xs = (1 - s[:, None]) * x0 + s[:, None] * x1 + sigma * noise
+    return (net(s * t1, xs) - (x1 - x0) / t1).pow(2).sum(1).mean()
+
+
+def ot_pairing(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """The permutation p pairing x0[i] with x1[p[i]] at the least total squared distance: the exact optimal
+    transport plan between the two batches as uniform measures (POT's network simplex, `ot.emd`); between two
+    batches of one size its optimal vertex is a permutation matrix (Birkhoff), read off row by row."""
+    import ot   # the optional extra node-run[ot]; task.check_ffjord refuses model.loss=otcfm without it
+
+    cost = (x0[:, None, :] - x1[None, :, :]).pow(2).sum(-1).detach().double().cpu().numpy()
+    plan = ot.emd([], [], cost, numItermax=OT_ITERATIONS)
+    return torch.as_tensor(plan.argmax(1), device=x1.device)
+
+
 class FreeFormField(nn.Module):
     """The ODE on (z, delta) or (z, delta, kinetic, jacobian): see the module docstring."""
 
@@ -120,6 +150,8 @@ class FreeFormField(nn.Module):
 
     def forward(self, t, state):
         z = state[0]
+        if len(state) == 1:   # samples alone, without their density (`FFJORD.generate`): dz/dt = f
+            return (self.net(t, z),)
         regularise = len(state) > 2
         graph = torch.is_grad_enabled()   # inside a training solve or the adjoint's backward solve
         if self.trace == "exact" and self.closed_form and hasattr(self.net, "with_jacobian"):
@@ -142,10 +174,12 @@ class FreeFormField(nn.Module):
 
 class FFJORD(nn.Module):
     def __init__(self, dim: int, hidden, activation: str, t1: float, learn_t1: bool, trace: str, noise: str,
-                 base_std: float, solver_cfg, kinetic: float = 0.0, jacobian: float = 0.0, fast_trace: bool = True):
+                 base_std: float, solver_cfg, kinetic: float = 0.0, jacobian: float = 0.0, fast_trace: bool = True,
+                 loss: str = "mle", fm_sigma: float = 0.0):
         super().__init__()
         self.dim, self.base_std = dim, float(base_std)
         self.kinetic, self.jacobian = float(kinetic), float(jacobian)
+        self.objective, self.fm_sigma = loss, float(fm_sigma)
         self.field = FreeFormField(FreeFormNet(dim, list(hidden), activation), trace, noise, fast_trace)
         self.block = ODEBlock(self.field, solver_cfg, t1=t1)
         raw = math.log(math.expm1(float(t1)))   # softplus^-1(t1)
@@ -198,16 +232,33 @@ class FFJORD(nn.Module):
         return log_normal(out[0][-1], self.base_std) - out[1][-1, :, 0]
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean NLL, plus kinetic x int |f|^2 and jacobian x int |eps^T df/dz|^2 (batch means) when set."""
+        """`mle`: mean NLL, plus kinetic x int |f|^2 and jacobian x int |eps^T df/dz|^2 (batch means) when set;
+        `cfm` / `otcfm`: the flow-matching loss of the data batch x (no solve)."""
+        if self.objective != "mle":
+            return self.flow_matching_loss(x)
         nll = -self.log_prob(x).mean()
         if not self.regularised:
             return nll
         return nll + self.kinetic * self.regs["kinetic"] + self.jacobian * self.regs["jacobian"]
 
+    def flow_matching_loss(self, x1: torch.Tensor) -> torch.Tensor:
+        """`cfm_loss` on the data batch x1 with base points x0 (`otcfm`: x1 reordered to x0 by `ot_pairing`), path
+        fractions s ~ U(0, 1) and path noise, all drawn from torch's global generator (as Hutchinson's probe: the
+        checkpoint keeps its state, so a resumed run draws what the uninterrupted one drew)."""
+        x0 = self.base_std * torch.randn_like(x1)
+        if self.objective == "otcfm":
+            x1 = x1[ot_pairing(x0, x1)]
+        s = torch.rand(len(x1), dtype=x1.dtype, device=x1.device)
+        return cfm_loss(self.field.net, x0, x1, s, torch.randn_like(x1), self.fm_sigma, self.t1)
+
     def sample(self, z0: torch.Tensor):
         """Push base points z0 from t = 0 to t1: (x, log q(x))."""
         zs, ds = self.transport(z0, self._times(0.0, self.t1, z0))
         return zs[-1], log_normal(z0, self.base_std) + ds[-1, :, 0]
+
+    def generate(self, z0: torch.Tensor) -> torch.Tensor:
+        """Push base points z0 from t = 0 to t1 without their density: the solve that drawing samples costs."""
+        return self.block((z0,), self._times(0.0, self.t1, z0))[0][-1]
 
     @torch.no_grad()
     def stages(self, z0: torch.Tensor, grid: torch.Tensor, fractions=FRACTIONS):
@@ -221,4 +272,5 @@ class FFJORD(nn.Module):
 def build_ffjord(cfg, dim: int = 2) -> FFJORD:
     m = cfg.model
     return FFJORD(dim, list(m.hidden), m.activation, m.t1, m.learn_t1, m.trace, m.noise, cfg.dataset.base_std,
-                  cfg.solver, kinetic=m.kinetic, jacobian=m.jacobian, fast_trace=bool(m.get("fast_trace", True)))
+                  cfg.solver, kinetic=m.kinetic, jacobian=m.jacobian, fast_trace=bool(m.get("fast_trace", True)),
+                  loss=m.get("loss", "mle"), fm_sigma=m.get("fm_sigma", 0.0))   # .get: runs made before these keys existed

@@ -43,9 +43,10 @@ def _style(ax, limit, title):
 
 def _title(task) -> str:
     m = task.cfg.model
+    loss = m.get("loss", "mle")   # flow matching trains without a trace: say the objective instead
     size = (f"M={m.width}" if m.name == "cnf" else f"K={m.depth}" if m.name == "nf" else
-            f"{'-'.join(map(str, m.hidden))}, {m.trace} trace" + (f", kinetic {m.kinetic:g}, jacobian {m.jacobian:g}"
-                                                                   if m.kinetic or m.jacobian else ""))
+            f"{'-'.join(map(str, m.hidden))}, " + (f"{m.trace} trace" if loss == "mle" else f"trained by {loss}")
+            + (f", kinetic {m.kinetic:g}, jacobian {m.jacobian:g}" if m.kinetic or m.jacobian else ""))
     what = f"target {task.cfg.dataset.target.upper()}" if task.density else task.cfg.dataset.name
     return f"{m.name.upper()} ({size}), {what}"
 

@@ -14,11 +14,14 @@ by maximum likelihood like circles and moons, with the floor where the density i
 (ffjord.py) trains with its configured trace and regularisers and is evaluated with the exact trace; its
 evaluations also report the regularisers on the test set (`test_kinetic`, `test_jacobian`: the exact integrals
 of |f|^2 and |df/dz|_F^2, batch means), their training estimates since the last evaluation (`train_kinetic`,
-`train_jacobian`, when a regulariser is on) and the flow time `t1`.
+`train_jacobian`, when a regulariser is on) and the flow time `t1`. With `model.loss=cfm|otcfm` the same field
+trains by flow matching instead (ffjord.py; no solve in training, so NFE-F/NFE-B per step are 0) and is
+evaluated exactly as the maximum-likelihood one.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 
@@ -29,7 +32,7 @@ from ...core.checks import ConfigError, boolean, choice, integer, number, positi
 from ...core.solve import nfe
 from . import data as toy2d
 from . import toys
-from .ffjord import ACTIVATIONS, NOISES, TRACES, build_ffjord
+from .ffjord import ACTIVATIONS, LOSSES, NOISES, TRACES, build_ffjord
 from .models import MODELS, build_model
 
 DATASETS = toy2d.DATASETS + toys.TOYS + ("density",)
@@ -56,6 +59,9 @@ class FlowTask:
         test_gen = torch.Generator().manual_seed(d.test_seed)
         self.test = self._draw(d.test_size, test_gen)
         self.fixed = self._draw(self.batch_size, torch.Generator().manual_seed(d.test_seed + 1))
+        if self.ffjord:   # fixed base points whose push to the data (no density) is the sampling NFE
+            self.base = (d.base_std * torch.randn(d.test_size, 2, generator=torch.Generator().manual_seed(
+                d.test_seed + 2))).to(device)
         self.log_z = toy2d.log_normalizer(d.target) if self.density else None
         if d.name in toys.TOYS:   # -log of the true data density on the test set (None where it is not known)
             log_p = toys.data_log_density(d.name, self.test.cpu())
@@ -130,7 +136,11 @@ class FlowTask:
                 else:              # -log p(x) on held-out data
                     values.append(-self.model.log_prob(batch))
                 chunks += 1
-        f1, _ = nfe(self.model)
+            f1, _ = nfe(self.model)
+            if self.ffjord:   # sampling alone: the same number of base points pushed to the data, no trace
+                for i in range(0, n, EVAL_CHUNK):
+                    self.model.generate(self.base[i:min(i + EVAL_CHUNK, n)])
+                sample_nfe = (nfe(self.model)[0] - f1) / chunks
         self.model.train()
         v = torch.cat(values).double()
         mean, stderr = v.mean().item(), (v.std() / math.sqrt(n)).item() if n > 1 else float("nan")
@@ -142,7 +152,7 @@ class FlowTask:
                        test_nll_data=None if self.data_nll is None else self.data_nll[:n].mean().item())
         if self.ffjord:
             out.update(test_kinetic=sum(regs["kinetic"]) / n, test_jacobian=sum(regs["jacobian"]) / n,
-                       t1=float(self.model.t1.detach()))
+                       t1=float(self.model.t1.detach()), eval_nfe_sample=sample_nfe)
             if self.model.regularised:
                 steps = max(self.reg_steps, 1)
                 out.update({f"train_{k}": float(v) / steps for k, v in self.reg_sums.items()})
@@ -213,3 +223,17 @@ def check_ffjord(m) -> None:
     number(m.get("kinetic"), "model.kinetic", 0)
     number(m.get("jacobian"), "model.jacobian", 0)
     positive(m.get("eval_tol"), "model.eval_tol", allow_none=True)
+    loss = m.get("loss", "mle")   # .get: runs made before model.loss existed
+    choice(loss, "model.loss", LOSSES)
+    number(m.get("fm_sigma", 0.0), "model.fm_sigma", 0)
+    if loss == "mle":
+        return
+    if m.learn_t1:
+        raise ConfigError(f"model.loss={loss} regresses the field on a path of fixed length t1, which gives the flow "
+                          "time no gradient: set model.learn_t1=false (and model.t1)")
+    if m.kinetic or m.jacobian:
+        raise ConfigError(f"model.kinetic and model.jacobian are RNODE's regularisers of maximum likelihood; with "
+                          f"model.loss={loss} set them to 0")
+    if loss == "otcfm" and importlib.util.find_spec("ot") is None:
+        raise ConfigError("model.loss=otcfm needs POT (the Python Optimal Transport library) for its minibatch "
+                          "coupling: pip install 'node-run[ot]' (or use model.loss=cfm)")
