@@ -122,6 +122,9 @@ def validate(cfg) -> None:
     boolean(t.progress, "trainer.progress")
     positive(t.eval_every, "trainer.eval_every", integer=True, allow_none=True)
     positive(t.eval_limit, "trainer.eval_limit", integer=True, allow_none=True)
+    positive(t.get("final_eval_limit"), "trainer.final_eval_limit", integer=True, allow_none=True)
+    boolean(t.get("figures", True), "trainer.figures")
+    boolean(t.get("measure_memory", True), "trainer.measure_memory")
     choice(t.optimizer, "trainer.optimizer", OPTIMIZERS)
     choice(t.get("schedule", "multistep"), "trainer.schedule", SCHEDULES)
     if t.get("schedule") == "cosine" and list(t.milestones):

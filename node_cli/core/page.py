@@ -70,6 +70,13 @@ def mean(runs, key):
     return sum(values) / len(values) if values else None
 
 
+def seeds(runs) -> str:
+    """How many distinct seeds a mean is over: '3 seeds', or '2 runs, 1 seed' when runs repeat a seed."""
+    n = len({r.c("seed") for r in runs})
+    counted = f"{n} seed{'s' if n != 1 else ''}"
+    return counted if n == len(runs) else f"{len(runs)} runs, {counted}"
+
+
 def steps_cell(runs) -> str:
     """Accepted / rejected forward-solve steps per training step (means over runs), '–' where not recorded."""
     acc, rej = mean(runs, "solver_accepted"), mean(runs, "solver_rejected")

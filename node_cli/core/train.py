@@ -171,7 +171,7 @@ class Loop:
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, final: bool) -> dict:
-        result = self.task.evaluate(None if final else self.t.eval_limit)
+        result = self.task.evaluate(self.t.get("final_eval_limit") if final else self.t.eval_limit)
         w, n = self.window, max(self.window["steps"], 1)
         row = dict(step=self.step, epoch=self.epoch, train_loss=w["loss"] / n, **result,
                    nfe_forward=w["nfe_f"] / n, nfe_backward=w["nfe_b"] / n,
@@ -336,7 +336,9 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
         if status == "ok":
             try:
                 result = loop.evaluate(final=True)
-                evaluated = "final: the whole test set"
+                limit = cfg.trainer.get("final_eval_limit")
+                evaluated = "final: the whole test set" if limit is None else \
+                    f"final, limited to trainer.final_eval_limit={limit} test examples (not a result)"
                 if not _finite(result):
                     status, error = "failed", ("final evaluation is not finite: " + ", ".join(
                         f"{k}={v}" for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)))
@@ -362,10 +364,14 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
     if status == "ok":
         try:
             try:
-                summary.update(measure_memory(task, device))
+                if cfg.trainer.get("measure_memory", True):
+                    summary.update(measure_memory(task, device))
             except FAILURES as exc:
                 summary["memory_error"] = f"{type(exc).__name__}: {one_line(exc)}"
-            summary.update(task.finish(run) or {})
+            if cfg.trainer.get("figures", True):
+                summary.update(task.finish(run) or {})
+            else:
+                summary.update(figures=[], figures_note="skipped: trainer.figures=false")
         except KeyboardInterrupt:
             summary.update(status="interrupted", error="stopped while measuring memory or drawing the figures "
                                                       "(training and the final evaluation were complete)")
