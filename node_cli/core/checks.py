@@ -15,6 +15,8 @@ import math
 import torch
 from omegaconf import ListConfig
 
+from .views import LOGGERS   # the loggers' registry: name -> view and the packages it needs
+
 
 class ConfigError(Exception):
     """A bad setting. The message is one line: what is wrong and what is accepted."""
@@ -162,14 +164,13 @@ def _solver_options(s) -> None:
         choice(s.adjoint_method, "solver.adjoint_method", SOLVERS)
 
 
-LOGGERS = ("none", "csv", "tensorboard")   # live views of metrics.jsonl (core/views.py)
-
-
 def logger(name) -> None:
-    choice(name, "logger", LOGGERS)
-    if name == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'node-run[tensorboard]' "
-                          "(or use logger=csv)")
+    """`logger`: a name in core/views.py's registry (LOGGERS), whose packages are installed."""
+    choice(name, "logger", tuple(LOGGERS))
+    missing = [p for p in LOGGERS[name].packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ConfigError(f"logger={name} needs the {', '.join(missing)} package{'s' if len(missing) > 1 else ''}: "
+                          f"pip install 'node-run[{LOGGERS[name].extra}]' (or use logger=csv)")
 
 
 def threads(value) -> None:

@@ -66,14 +66,15 @@ def write_json(path: Path, obj) -> None:
 
 
 class RunDir:
-    """A run's output folder (Hydra's output dir); `logger` names a live view of its metrics (core/views.py)."""
+    """A run's output folder (Hydra's output dir); `logger` names a live view of it (core/views.py), which gets
+    the composed `cfg` (its parameters)."""
 
-    def __init__(self, path, logger: str | None = None):
+    def __init__(self, path, logger: str | None = None, cfg=None):
         from .views import open_view
 
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.view = open_view(logger, self.path, self.path / METRICS)
+        self.view = open_view(logger, self.path, self.path / METRICS, cfg)
 
     def log(self, row: dict) -> None:
         with open(self.path / METRICS, "a") as f:
@@ -89,6 +90,8 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / SUMMARY, summary)
+        if self.view is not None:
+            self.view.finish(_clean(summary))
 
     def save_checkpoint(self, state: dict) -> None:
         atomic_write(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
