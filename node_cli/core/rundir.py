@@ -291,7 +291,9 @@ def discover(dirs) -> tuple[list[Run], list[str]]:
         if not found:
             messages.append(f"{d}: no runs found (a run folder holds {CONFIG}, {SUMMARY} or {METRICS})")
         folders |= found
-    runs = [load_run(p) for p in sorted(folders, key=_natural)]
+    from .progress import bar
+
+    runs = [load_run(p) for p in bar(sorted(folders, key=_natural), desc="reading runs", unit="run", leave=False)]
     for i, run in enumerate(runs, 1):
         run.id = f"R{i}"
     return runs, messages

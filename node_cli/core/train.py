@@ -27,10 +27,9 @@ from typing import Iterable, Protocol
 
 import torch
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
-
 from . import measure, stop
 from .checks import one_line
+from .progress import bar as progress_bar
 from .rundir import RunDir
 from .solve import nfe, nfe_note, solver_stats
 
@@ -258,8 +257,7 @@ class Loop:
 
     def train(self, watcher) -> tuple[str, str | None]:
         """Train to the end of the budget or until stopped: (status, error)."""
-        bar = tqdm(total=self.total, initial=self.step, desc=self.cfg.name, disable=not self.t.progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=self.total, initial=self.step, desc=self.cfg.name, enabled=self.t.progress)
         try:
             if self.owed and self.step < self.total:   # a finished run given a larger budget: do what a
                 self.owed = False                         # longer run did after this step

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import families
 from ..core.checks import one_line
 from ..core.page import Page
+from ..core.progress import bar
 from ..core.rundir import Run, discover
 from ..core.tables import fmt, md_table
 
@@ -109,14 +110,14 @@ def build(dirs, out: Path, command: str = "node-report", found=None) -> Page:
             f"{len(runs)} runs under {', '.join(f'`{d}`' for d in dirs)}: "
             + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none") + ". "
             "Run IDs (R1, ...) are listed with their folders under 'Runs'; every CSV row names its runs' folders.", "")
-    for family in families.every():
-        for section in family.sections():
-            try:
-                section(rep)
-            except Exception as exc:  # one family's bad data must not cost the rest of the report
-                rep.add(f"**{section.__name__}: could not be made: {type(exc).__name__}: {one_line(exc, 200)}**", "")
-                rep.messages.append(f"section {section.__name__} could not be made: {type(exc).__name__}: "
-                                    f"{one_line(exc, 200)}")
+    sections = [section for family in families.every() for section in family.sections()]
+    for section in bar(sections, desc="tables and figures", unit="section", leave=False):
+        try:
+            section(rep)
+        except Exception as exc:  # one family's bad data must not cost the rest of the report
+            rep.add(f"**{section.__name__}: could not be made: {type(exc).__name__}: {one_line(exc, 200)}**", "")
+            rep.messages.append(f"section {section.__name__} could not be made: {type(exc).__name__}: "
+                                f"{one_line(exc, 200)}")
     per_run_section(rep)
     runs_section(rep)
     (out / "report.md").write_text("\n".join(rep.md) + "\n")
