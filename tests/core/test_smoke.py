@@ -21,7 +21,7 @@ def test_every_experiment_file_is_enumerated():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_smoke_run_finishes_ok_in_a_few_steps_with_a_limited_final_evaluation(name, tmp_path, fake_mnist,
                                                                               one_thread):
-    overrides = [f"experiment={name}", "trainer=smoke", "trainer.progress=false"]
+    overrides = [f"experiment={name}", "trainer=smoke", "trainer.progress=false", "threads=1"]   # see conftest: node_run
     if configure(overrides).dataset.name == "mnist":
         overrides.append(f"dataset.root={fake_mnist}")
     cfg = configure(overrides)

@@ -14,7 +14,7 @@ from node_cli.report.build import build
 
 def _run(folder, overrides):
     """A smoke run made in this process, with the .hydra/config.yaml node-run's Hydra would have written."""
-    cfg = configure(overrides + ["trainer=smoke", "trainer.progress=false"])
+    cfg = configure(overrides + ["trainer=smoke", "trainer.progress=false", "threads=1"])
     summary = execute(cfg, folder)
     assert summary["status"] == "ok", summary.get("error")
     (folder / ".hydra").mkdir()
