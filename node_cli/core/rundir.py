@@ -23,6 +23,7 @@ from .checks import ConfigError, one_line
 METRICS, SUMMARY, CHECKPOINT = "metrics.jsonl", "summary.json", "checkpoint.pt"
 CLAIM = ".node-run.claim"   # made with O_EXCL before a run starts: two node-runs never share a folder
 CONFIG = Path(".hydra") / "config.yaml"
+MLFLOW_ARTIFACTS = "mlflow-artifacts"   # logger=mlflow's copies of summaries and figures (outputs/...): never runs
 # What `node-run resume=RUN_DIR` may change in a run's config: its budget, and the progress bar
 BUDGET = ("trainer.max_steps", "trainer.epochs")
 RESUMABLE = BUDGET + ("trainer.progress",)
@@ -273,6 +274,8 @@ def run_folders(root) -> set[Path]:
     for marker in ("config.yaml", SUMMARY, METRICS):
         for f in Path(root).rglob(marker):
             if marker == "config.yaml" and f.parent.name != ".hydra":
+                continue
+            if MLFLOW_ARTIFACTS in f.relative_to(root).parts:
                 continue
             found.add((f.parent.parent if marker == "config.yaml" else f.parent).resolve())
     return found

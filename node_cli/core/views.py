@@ -160,7 +160,8 @@ class MlflowView:
             return found.experiment_id
         artifacts = None
         if uri == default_uri():
-            artifacts = (Path("outputs") / "mlflow-artifacts").resolve().as_uri()
+            from .rundir import MLFLOW_ARTIFACTS
+            artifacts = (Path("outputs") / MLFLOW_ARTIFACTS).resolve().as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=artifacts)
         except Exception:   # another job of the sweep made it first
