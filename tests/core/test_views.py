@@ -2,6 +2,7 @@
 after a resume; metrics.jsonl stays the record. TensorBoard and MLflow also get the config (hyperparameters /
 params) and the figures; MLflow is read back through MlflowClient."""
 import csv
+import importlib.util
 import json
 
 import pytest
@@ -66,9 +67,11 @@ def _flat(node, prefix=""):   # written here, not node-run's: the params MLflow 
     return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
-mlflow = pytest.importorskip("mlflow", reason="logger=mlflow needs pip install 'node-run[mlflow]'")
+needs_mlflow = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
+                                  reason="logger=mlflow needs pip install 'node-run[mlflow]' (in the test extra)")
 
 
+@needs_mlflow
 def test_mlflow_holds_params_metrics_tags_artifacts_and_a_resume_continues_the_run(tmp_path, node_run):
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
@@ -103,6 +106,7 @@ def test_mlflow_holds_params_metrics_tags_artifacts_and_a_resume_continues_the_r
     assert again.data.params["trainer.max_steps"] == "4" and again.data.tags["resumed_with.trainer.max_steps"] == "6"
 
 
+@needs_mlflow
 def test_mlflow_groups_the_jobs_of_a_sweep_under_one_experiment(tmp_path, node_run):
     from mlflow.tracking import MlflowClient
 
