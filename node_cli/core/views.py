@@ -102,17 +102,18 @@ class MlflowView:
 
     def __init__(self, path: Path, metrics: Path, cfg=None):
         self.path, self.cfg, self.client, self.run_id = Path(path), cfg, None, None
-        self._try("open the MLflow run", self._open)
+        self._try("open the MLflow run", self._open, opening=True)
 
-    def _try(self, what: str, action: Callable) -> None:
-        if self.client is None and action != self._open:
+    def _try(self, what: str, action: Callable, opening: bool = False) -> None:
+        """Do a tracking action; a failure is a warning in the log (after a failed open, nothing more is tried)."""
+        if self.client is None and not opening:
             return
         try:
             action()
         except Exception as exc:  # MLflow's and its database's errors: the run goes on, metrics.jsonl is the record
             from .checks import one_line
             log.warning("logger=mlflow: could not %s: %s", what, one_line(exc, 300))
-            if action == self._open:
+            if opening:
                 self.client = None
 
     def _open(self) -> None:

@@ -118,3 +118,16 @@ def test_mlflow_groups_the_jobs_of_a_sweep_under_one_experiment(tmp_path, node_r
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     assert {r.data.tags["run_dir"] for r in runs} == {str(sweep / "0"), str(sweep / "1")}
+
+
+@needs_mlflow
+def test_an_unreachable_mlflow_store_is_a_warning_and_the_run_finishes_ok(tmp_path, monkeypatch, caplog, one_thread):
+    from node_cli.experiment import configure, execute
+
+    (tmp_path / "a_file").write_text("")   # a store inside a file: no database can be made there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}")
+    cfg = configure([*NF, "logger=mlflow", "threads=1"])
+    summary = execute(cfg, tmp_path / "run")
+    assert summary["status"] == "ok"
+    assert any("logger=mlflow: could not open the MLflow run" in r.getMessage() for r in caplog.records)
+    assert [row["step"] for row in _jsonl(tmp_path / "run")] == [2, 4]   # metrics.jsonl is still the record
