@@ -129,15 +129,16 @@ class SacctNote(Callback):
     said = False
 
 
-def precheck(argv: list[str]) -> list[str]:
+def precheck(argv: list[str], dry: bool = False) -> list[str] | list[list[str]]:
     """Compose every job the command line asks for and validate it; raise ConfigError on the first bad one. Then
     claim the folders the jobs will write (refusing any that holds a run) and return the overrides that pin them,
-    so that Hydra writes exactly there."""
+    so that Hydra writes exactly there. `dry`: claim nothing, return each job's overrides (`node-run check`)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.types import Glob
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     args, parsed = _parse([a for a in argv if not a.startswith("-")])
+    _known_options([o for o in parsed if not o.is_sweep_override()])   # before Hydra's search-path dump can
     fixed = None
     if multirun:  # Hydra first composes the command line without its swept values: that must work too
         try:
@@ -168,13 +169,7 @@ def precheck(argv: list[str]) -> list[str]:
             continue
         expanded.append((a, o))
     args, parsed = [a for a, _ in expanded], [o for _, o in expanded]
-    for o in parsed:
-        group = o.get_key_element().lstrip("+~")
-        if group in GROUPS and not o.is_delete():
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
-            for v in values:
-                if v is not None and str(v) not in options(group):
-                    raise ConfigError(f"unknown {group} {v!r}; accepted: {', '.join(options(group))}")
+    _known_options(parsed)
     appended = [o for o in parsed if o.is_add() or o.is_force_add()]
     if appended:   # `+solver.rtl=1e-3` would add a key node-run never reads: refuse it, naming the nearest key
         base = compose([a for a, o in zip(args, parsed) if o not in appended and not o.is_sweep_override()])
@@ -185,17 +180,46 @@ def precheck(argv: list[str]) -> list[str]:
                 raise ConfigError(f"unknown key {key!r}: node-run has no such setting, and adding it with + would "
                                   f"be silently ignored{nearest(key, known)}")
     jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [args]
+    names = []
     for job in jobs[:MAX_PRECHECK] + [jobs[0] + [probe] for probe in probes]:
         cfg = compose(job)
         validate(cfg)
         families.check(cfg)
+        names.append(cfg.name)
+    name = sweep_name(names) if multirun and not any(a.startswith("hydra.sweep.dir=") for a in args) else None
+    if dry:   # refuse a folder that holds a run, as a real command would, but claim none
+        claim_folders(jobs, multirun, dry=True, name=name)
+        return jobs
     if sweeper != "basic":   # a search sweeper runs hydra.sweeper.n_trials jobs (when it says how many)
         trials = OmegaConf.select(fixed, "hydra.sweeper.n_trials")
         jobs = jobs * int(trials) if isinstance(trials, int) and trials > 0 else jobs
     try:
-        return claim_folders(jobs, multirun)
+        return claim_folders(jobs, multirun, name=name)
     except OSError as exc:   # a read-only place, a path through a file, /proc, a name too long
         raise ConfigError(f"cannot make the run folder: {exc.strerror or one_line(exc)}: {exc.filename}") from None
+
+
+def _known_options(parsed) -> None:
+    """Every config group option the overrides name exists (else one line with the accepted ones)."""
+    from hydra.core.override_parser.types import Glob
+
+    for o in parsed:
+        group = o.get_key_element().lstrip("+~")
+        if group in GROUPS and not o.is_delete() and not isinstance(o.value(), Glob):
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+            for v in values:
+                if v is not None and str(v) not in options(group):
+                    raise ConfigError(f"unknown {group} {v!r}; accepted: {', '.join(options(group))}")
+
+
+def sweep_name(names: list[str]) -> str | None:
+    """The sweep folder's name when its jobs have several `name`s (a glob() or a list of experiments): all of them
+    joined by '+' (None when every job has the same name: Hydra's own ${name} is right)."""
+    distinct = list(dict.fromkeys(names))
+    if len(distinct) < 2:
+        return None
+    joined = "+".join(distinct)
+    return joined if len(joined) <= 80 else f"{distinct[0]}+{len(distinct) - 1}_more"
 
 
 def _parse(args: list[str]):
@@ -217,9 +241,12 @@ def _resolved(cfg, key: str, num: int | None = None) -> Path | None:
     return Path(str(value)) if value is not None else None
 
 
-def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
-    """Refuse folders that hold a run, claim the rest atomically, and pin the run (or sweep) folder."""
+def claim_folders(jobs: list[list[str]], multirun: bool, dry: bool = False, name: str | None = None) -> list[str]:
+    """Refuse folders that hold a run, claim the rest atomically (not if `dry`), and pin the run (or sweep)
+    folder; `name`: the sweep folder's name when its jobs have several."""
     cfg = compose(jobs[0], hydra=True)
+    if name is not None:
+        cfg.name = name
     if not multirun:
         out = _resolved(cfg, "hydra.run.dir")
         if out is None:
@@ -236,6 +263,8 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
         if holds_run(folder) and in_use(folder):
             raise ConfigError(f"{folder} is in use by another node-run (running now); choose another folder")
         if not multirun and dead_end(folder, jobs[0]):
+            if dry:
+                return pin
             print(f"node-run: {folder} holds this run stopped before its first checkpoint: starting it again from "
                   "step 0", file=sys.stderr, flush=True)
             HELD.enter_context(locked(folder))
@@ -251,6 +280,8 @@ def claim_folders(jobs: list[list[str]], multirun: bool) -> list[str]:
         if not holds_run(folder) and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise ConfigError(f"{folder} is {'not empty' if folder.is_dir() else 'a file'}: a run folder must be new "
                               f"or empty; choose another {'hydra.sweep.dir' if multirun else 'hydra.run.dir'}")
+    if dry:   # node-run check: refused as a real command would be, but nothing claimed
+        return pin
     for folder in folders:
         claim(folder)
     if not multirun:   # it runs in this process (a multirun's jobs may not: each holds its own, in execute)
@@ -268,11 +299,48 @@ def dead_end(folder: Path, job: list[str]) -> bool:
         return False
 
 
+CFG_FLAGS = ("-c", "--cfg", "-p", "--package")   # Hydra flags that print a config: they take a value
+
+
+def check(argv: list[str]) -> None:
+    """`node-run check ARGS...`: the whole pre-check of `node-run ARGS...` (every job of a multirun), then each
+    job's composed config; nothing runs and no folder is made. Exit 2 with the pre-check's line if refused."""
+    try:
+        jobs = precheck(argv, dry=True)
+    except (ConfigError, DataError) as exc:
+        print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    for i, job in enumerate(jobs):
+        print(f"# job {i}: {' '.join(job) or '(no overrides)'}")
+        print(OmegaConf.to_yaml(compose(job)))
+    print(f"node-run check: {len(jobs)} job{'s' if len(jobs) != 1 else ''} pass{'es' if len(jobs) == 1 else ''} "
+          "the pre-check; nothing was run and no folder was made", file=sys.stderr)
+
+
+def without_cfg_flags(argv: list[str]) -> list[str]:
+    """The command line without Hydra's print-a-config flags (`--cfg job`, `-p KEY`, `--resolve`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a == "--resolve" or a.split("=")[0] in CFG_FLAGS:
+            skip = a in CFG_FLAGS and not skip
+            continue
+        out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:
+        return check(argv[1:])
     if any(a.startswith("resume=") for a in argv):
         from .resume import main as resume_main
         return resume_main(argv)
+    if any(a.split("=")[0] in CFG_FLAGS for a in argv):   # `--cfg job` prints only what the pre-check accepts
+        try:
+            precheck(without_cfg_flags(argv), dry=True)
+        except (ConfigError, DataError) as exc:
+            print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
+            sys.exit(2)
     if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
         try:
             argv = argv + precheck(argv)

@@ -62,7 +62,7 @@ def execute(cfg, out_dir, resume: dict | None = None, history: list | None = Non
 def _execute(cfg, out_dir, resume: dict | None, history: list | None) -> dict:
     from .core.train import fit
 
-    run = RunDir(out_dir, cfg.get("logger"))
+    run = RunDir(out_dir, cfg.get("logger"), cfg)
     device = resolve_device(cfg.device) if cfg.device in ("auto", "cpu", "cuda") else cfg.device
     summary = dict(base_summary(cfg, device), **provenance(device))
     if resume is not None or history is not None:

@@ -64,25 +64,3 @@ report() {
     node-report "$@" --out "$OUT/report" --force || STATUS=1
     echo "$NAME: report in $OUT/report/report.md" >&2
 }
-
-# family SCRIPT PARENT OVERRIDES...: run a family's own sweep script (it picks its folder under PARENT itself),
-# then set RUNS to the folder it made. Our budget and launcher go to it as extra overrides.
-family() {
-    local script=$1 parent=$2
-    shift 2
-    local before
-    before=$(ls -d "$parent"/*/ 2>/dev/null || true)
-    echo "$NAME: $script $*" >&2
-    "$SCRIPTS/$script" "$@" "${BUDGET[@]}" "${LAUNCH[@]}" || {
-        echo "$NAME: $script exited with $?; reporting what finished" >&2
-        STATUS=1
-    }
-    RUNS=$(comm -13 <(echo "$before" | sort) <(ls -d "$parent"/*/ 2>/dev/null | sort) | tail -n 1)
-    if [[ -z "$RUNS" ]]; then
-        echo "$NAME: $script made no folder under $parent" >&2
-        STATUS=1
-        RUNS=$parent
-    fi
-    mkdir -p "$OUT"
-    echo "$RUNS" > "$OUT/RUNS"   # for reproduce_all.sh: these runs live outside $OUT
-}

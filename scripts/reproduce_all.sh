@@ -30,9 +30,5 @@ else
     OUT=$ROOT/figure3 "$SCRIPTS/figure3.sh" "$@" || STATUS=1
 fi
 OUT=$ROOT
-EXTERNAL=()
-for f in "$ROOT"/*/RUNS; do
-    if [[ -f "$f" ]]; then EXTERNAL+=("$(cat "$f")"); fi
-done
-report "$ROOT" ${EXTERNAL[@]+"${EXTERNAL[@]}"}
+report "$ROOT"
 exit $STATUS

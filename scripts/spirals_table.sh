@@ -6,6 +6,7 @@
 #   scripts/spirals_table.sh                      # run the 9 jobs into outputs/multirun/spirals_table/<time>
 #   scripts/spirals_table.sh seed=1               # extra overrides go to every job
 #   scripts/spirals_table.sh --print DIR          # only make the report of runs already under DIR
+#   SWEEP_DIR=DIR scripts/spirals_table.sh        # the sweep folder (default outputs/multirun/spirals_table/<time>)
 #
 # Jobs run one after another with OMP_NUM_THREADS=1 (these models are tiny: one thread is much faster than
 # several fighting over a shared CPU). node-report reads each run's .hydra/config.yaml and summary.json, never
@@ -15,7 +16,7 @@ set -euo pipefail
 if [[ "${1:-}" == "--print" ]]; then
     DIR=${2:?usage: $0 --print DIR}
 else
-    DIR=outputs/multirun/spirals_table/$(date +%Y-%m-%d_%H-%M-%S)
+    DIR=${SWEEP_DIR:-outputs/multirun/spirals_table/$(date +%Y-%m-%d_%H-%M-%S)}
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     status=0
     node-run -m experiment=spiral_latent_ode,spiral_rnn,spiral_rnn_dt dataset.n_obs=30,50,100 \

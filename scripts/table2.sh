@@ -6,12 +6,15 @@
 #   scripts/table2.sh                  # trainer=quick
 #   FULL=1 scripts/table2.sh           # the family's full budget (trainer=spirals)
 #
-# Switches (FULL, STEPS, LAUNCHER, JOBS, OUT): scripts/_paper.sh. The runs go where spirals_table.sh puts them
-# (outputs/multirun/spirals_table/<time>), the report to $OUT/report.
+# Switches (FULL, STEPS, LAUNCHER, JOBS, OUT): scripts/_paper.sh. Runs go to $OUT/runs, the report to $OUT/report.
 source "$(dirname "$0")/_paper.sh"
 
 # dataset=spirals: Hydra composes a multirun's primary config before the swept experiment is applied, so keys of
 # the spirals data set (dataset.n_obs) need the spirals data set there too.
-family spirals_table.sh outputs/multirun/spirals_table dataset=spirals "$@"
-report "$RUNS"
+echo "$NAME: spirals_table.sh into $OUT/runs" >&2
+SWEEP_DIR="$OUT/runs" "$SCRIPTS/spirals_table.sh" dataset=spirals "$@" "${BUDGET[@]}" "${LAUNCH[@]}" || {
+    echo "$NAME: spirals_table.sh exited with $?; reporting what finished" >&2
+    STATUS=1
+}
+report "$OUT/runs"
 exit $STATUS

@@ -31,6 +31,7 @@ import torch
 from .. import families
 from ..core.checks import ConfigError, DataError, one_line, resolve_device
 from ..core.clock import environment
+from ..core.progress import say
 from . import contention, families as cross, reference
 
 
@@ -148,8 +149,8 @@ def main(argv=None) -> int:
         print(f"node-bench: error: {exc}", file=sys.stderr)
         return 2
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+    def log(msg):   # above the progress bars of the benchmarks
+        say(msg, file=sys.stderr)
 
     from ..experiment import configure
     args.configure = configure   # how a family's benchmark composes and checks a config

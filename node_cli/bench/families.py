@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import families
 from ..core.checks import ConfigError
 from ..core.clock import environment
+from ..core.progress import bar
 
 
 def specs() -> dict:
@@ -41,7 +42,7 @@ def family_rows(args, out: Path, log) -> list[dict]:
     from ..experiment import configure, execute
 
     rows = []
-    for name in args.families:
+    for name in bar(args.families, desc="node-bench families", unit="family", leave=False):
         spec = specs()[name]
         experiment, ref_overrides, metric = spec.experiment, list(spec.reference), spec.metric
         common = [f"experiment={experiment}", "trainer=quick", "trainer.progress=false", f"seed={args.seed}",

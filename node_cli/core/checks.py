@@ -16,6 +16,8 @@ import math
 import torch
 from omegaconf import ListConfig
 
+from .views import LOGGERS   # the loggers' registry: name -> view and the packages it needs
+
 
 class ConfigError(Exception):
     """A bad setting. The message is one line: what is wrong and what is accepted."""
@@ -156,6 +158,9 @@ def validate(cfg, training: bool = True) -> None:
     boolean(t.progress, "trainer.progress")
     positive(t.eval_every, "trainer.eval_every", integer=True, allow_none=True)
     positive(t.eval_limit, "trainer.eval_limit", integer=True, allow_none=True)
+    positive(t.get("final_eval_limit"), "trainer.final_eval_limit", integer=True, allow_none=True)
+    boolean(t.get("figures", True), "trainer.figures")
+    boolean(t.get("measure_memory", True), "trainer.measure_memory")
     choice(t.optimizer, "trainer.optimizer", OPTIMIZERS)
     choice(t.get("schedule", "multistep"), "trainer.schedule", SCHEDULES)
     if t.get("schedule") == "cosine" and list(t.milestones):
@@ -193,14 +198,13 @@ def _solver_options(s) -> None:
         choice(s.adjoint_method, "solver.adjoint_method", SOLVERS)
 
 
-LOGGERS = ("none", "csv", "tensorboard")   # live views of metrics.jsonl (core/views.py)
-
-
 def logger(name) -> None:
-    choice(name, "logger", LOGGERS)
-    if name == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'node-run[tensorboard]' "
-                          "(or use logger=csv)")
+    """`logger`: a name in core/views.py's registry (LOGGERS), whose packages are installed."""
+    choice(name, "logger", tuple(LOGGERS))
+    missing = [p for p in LOGGERS[name].packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ConfigError(f"logger={name} needs the {', '.join(missing)} package{'s' if len(missing) > 1 else ''}: "
+                          f"pip install 'node-run[{LOGGERS[name].extra}]' (or use logger=csv)")
 
 
 def threads(value) -> None:

@@ -55,12 +55,19 @@ def differences(run: Run, experiment: str | None, ignore=()) -> list[str]:
     return out
 
 
+def limited(run: Run) -> bool:
+    """A run whose final evaluation scored only part of the test split (trainer.final_eval_limit: smoke runs)."""
+    return run.c("trainer.final_eval_limit") is not None
+
+
 def select(cands: list[Run]) -> tuple[list[Run], list[tuple[Run, str]]]:
-    """The runs a cell reports (finished ok, the longest budget; seeds averaged) and the others with why not."""
-    ok = [r for r in cands if r.ok]
+    """The runs a cell reports (finished ok, evaluated on the whole test split, the longest budget; seeds averaged)
+    and the others with why not."""
+    ok = [r for r in cands if r.ok and not limited(r)]
     top = max((r.steps for r in ok), default=0)
     used = [r for r in ok if r.steps == top]
-    skipped = [(r, r.status if not r.ok else f"shorter budget: {r.steps} steps") for r in cands if r not in used]
+    skipped = [(r, r.status if not r.ok else "final evaluation limited (trainer.final_eval_limit)" if limited(r)
+                else f"shorter budget: {r.steps} steps") for r in cands if r not in used]
     return used, skipped
 
 
@@ -68,6 +75,13 @@ def mean(runs, key):
     """The mean of a summary number over runs (None if no run has it)."""
     values = [v for v in (r.s(key) for r in runs) if v is not None]
     return sum(values) / len(values) if values else None
+
+
+def seeds(runs) -> str:
+    """How many distinct seeds a mean is over: '3 seeds', or '2 runs, 1 seed' when runs repeat a seed."""
+    n = len({r.c("seed") for r in runs})
+    counted = f"{n} seed{'s' if n != 1 else ''}"
+    return counted if n == len(runs) else f"{len(runs)} runs, {counted}"
 
 
 def steps_cell(runs) -> str:
@@ -156,7 +170,8 @@ class Page:
         """Copy a run's own figure into the report (a problem of the run if it is missing)."""
         src = run.path / filename
         if not src.is_file():
-            run.problems.append(f"figure {filename} missing")
+            if not (run.summary or {}).get("figures_note"):   # trainer.figures=false says so itself
+                run.problems.append(f"figure {filename} missing")
             return None
         shutil.copyfile(src, self.out / name)
         self.files.append(name)

@@ -30,6 +30,7 @@ from .checks import ConfigError, one_line
 METRICS, SUMMARY, CHECKPOINT, RESUMED = "metrics.jsonl", "summary.json", "checkpoint.pt", "resumed.json"
 CLAIM = ".node-run.claim"   # made with O_EXCL before a run starts: two node-runs never share a folder
 CONFIG = Path(".hydra") / "config.yaml"
+MLFLOW_ARTIFACTS = "mlflow-artifacts"   # logger=mlflow's copies of summaries and figures (outputs/...): never runs
 # What `node-run resume=RUN_DIR` may change in a run's config: its budget, and the progress bar
 BUDGET = ("trainer.max_steps", "trainer.epochs")
 RESUMABLE = BUDGET + ("trainer.progress",)
@@ -76,14 +77,15 @@ def write_json(path: Path, obj) -> None:
 
 
 class RunDir:
-    """A run's output folder (Hydra's output dir); `logger` names a live view of its metrics (core/views.py)."""
+    """A run's output folder (Hydra's output dir); `logger` names a live view of it (core/views.py), which gets
+    the composed `cfg` (its parameters)."""
 
-    def __init__(self, path, logger: str | None = None):
+    def __init__(self, path, logger: str | None = None, cfg=None):
         from .views import open_view
 
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self.view = open_view(logger, self.path, self.path / METRICS)
+        self.view = open_view(logger, self.path, self.path / METRICS, cfg)
 
     def log(self, row: dict) -> None:
         with open(self.path / METRICS, "a") as f:
@@ -99,6 +101,8 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / SUMMARY, summary)
+        if self.view is not None:
+            self.view.finish(_clean(summary))
 
     def save_checkpoint(self, state: dict) -> None:
         buffer = io.BytesIO()   # torch reports a failed file write as a RuntimeError; Python's is an OSError
@@ -400,6 +404,8 @@ def run_folders(root) -> set[Path]:
         for f in Path(root).rglob(marker):
             if marker == "config.yaml" and f.parent.name != ".hydra":
                 continue
+            if MLFLOW_ARTIFACTS in f.relative_to(root).parts:
+                continue
             found.add((f.parent.parent if marker == "config.yaml" else f.parent).resolve())
     return found
 
@@ -417,7 +423,9 @@ def discover(dirs) -> tuple[list[Run], list[str]]:
         if not found:
             messages.append(f"{d}: no runs found (a run folder holds {CONFIG}, {SUMMARY} or {METRICS})")
         folders |= found
-    runs = [load_run(p) for p in sorted(folders, key=_natural)]
+    from .progress import bar
+
+    runs = [load_run(p) for p in bar(sorted(folders, key=_natural), desc="reading runs", unit="run", leave=False)]
     for i, run in enumerate(runs, 1):
         run.id = f"R{i}"
     return runs, messages

@@ -34,10 +34,9 @@ from typing import Iterable, Protocol
 
 import torch
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
-
 from . import measure, stop
 from .checks import one_line
+from .progress import bar as progress_bar
 from .rundir import METRICS, RunDir
 from .solve import nfe, nfe_note, solver_stats
 
@@ -195,7 +194,7 @@ class Loop:
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, final: bool) -> dict:
         kept = self.task_state() if final else None   # a final checkpoint keeps the task as before its evaluation
-        result = self.task.evaluate(None if final else self.t.eval_limit)
+        result = self.task.evaluate(self.t.get("final_eval_limit") if final else self.t.eval_limit)
         w, n = self.window, max(self.window["steps"], 1)
         row = dict(step=self.step, epoch=self.epoch, train_loss=w["loss"] / n, **result,
                    nfe_forward=w["nfe_f"] / n, nfe_backward=w["nfe_b"] / n,
@@ -294,8 +293,7 @@ class Loop:
 
     def train(self, watcher) -> tuple[str, str | None]:
         """Train to the end of the budget or until stopped: (status, error)."""
-        bar = tqdm(total=self.total, initial=self.step, desc=self.cfg.name, disable=not self.t.progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=self.total, initial=self.step, desc=self.cfg.name, enabled=self.t.progress)
         try:
             if self.owed and self.step < self.total:   # a finished run given a larger budget: do what a
                 self.owed = False                         # longer run did after this step
@@ -386,7 +384,9 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
             try:
                 with stop.watch(immediate=True):         # a signal stops the final evaluation at once
                     result = loop.evaluate(final=True)
-                evaluated = "final: the whole test set"
+                limit = cfg.trainer.get("final_eval_limit")
+                evaluated = "final: the whole test set" if limit is None else \
+                    f"final, limited to trainer.final_eval_limit={limit} test examples (not a result)"
                 if not _finite(result):
                     status, error = "failed", ("final evaluation is not finite: " + ", ".join(
                         f"{k}={v}" for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)))
@@ -416,10 +416,14 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
     if status == "ok":
         try:
             try:
-                summary.update(measure_memory(task, device))
+                if cfg.trainer.get("measure_memory", True):
+                    summary.update(measure_memory(task, device))
             except FAILURES as exc:
                 summary["memory_error"] = f"{type(exc).__name__}: {one_line(exc)}"
-            summary.update(task.finish(run) or {})
+            if cfg.trainer.get("figures", True):
+                summary.update(task.finish(run) or {})
+            else:
+                summary.update(figures=[], figures_note="skipped: trainer.figures=false")
         except KeyboardInterrupt:
             summary.update(status="interrupted", error="stopped while measuring memory or drawing the figures "
                                                       "(training and the final evaluation were complete): "

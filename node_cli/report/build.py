@@ -15,8 +15,9 @@ from pathlib import Path
 from .. import families
 from ..core.checks import one_line
 from ..core.page import Page
+from ..core.progress import bar
 from ..core.rundir import Run, discover
-from ..core.tables import md_table
+from ..core.tables import fmt, md_table
 
 
 def _family(run: Run):
@@ -33,6 +34,34 @@ def known(run: Run) -> bool:
 def experiment_of(run: Run) -> str | None:
     family = _family(run)
     return family.experiment_of(run) if family and known(run) else None
+
+
+def per_run_section(rep: Page) -> None:
+    """Every finished run that no table above used (a single FFJORD run, a run off the paper setting, ...), by
+    family, with its numbers: no run is reported by its name alone."""
+    for family in families.every():
+        left = [r for r in rep.runs if r.ok and not r.used and known(r) and r.task == family.task]
+        if not left:
+            continue
+        rows, rows_csv = [], []
+        for r in left:
+            key = next((k for k in family.headline if r.s(k) is not None), None)
+            diffs = ", ".join(rep.differences(r)) or "–"
+            rows.append([r.id, r.c("name", "?"), r.model, r.c("dataset.name", "?"), diffs,
+                         f"{key} {fmt(r.s(key), '.4g')}" if key else "–",
+                         f"{fmt(r.s('nfe_forward'), '.1f')} / {fmt(r.s('nfe_backward'), '.1f')}",
+                         fmt(r.s("sec_per_step"), ".3f"), r.steps, (r.summary or {}).get("evaluation") or "–",
+                         rep.where(r.path)])
+            rows_csv.append(dict(run_id=r.id, experiment=r.c("name"), model=r.model, dataset=r.c("dataset.name"),
+                                 differs=diffs, metric=key, value=r.s(key) if key else None,
+                                 nfe_forward=r.s("nfe_forward"), nfe_backward=r.s("nfe_backward"),
+                                 sec_per_step=r.s("sec_per_step"), steps=r.steps,
+                                 evaluation=(r.summary or {}).get("evaluation"), run_dir=str(r.path)))
+        rep.mark(left, f"{family.name} per-run table")
+        rep.add(f"## {family.name}: finished runs in no table above", "")
+        rep.add(*md_table(["id", "experiment", "model", "data", "differs from the paper setting", "headline",
+                           "NFE-F / NFE-B", "s / step", "steps", "evaluation", "folder"], rows))
+        rep.add(f"CSV: `{rep.csv(f'runs_{family.name}.csv', rows_csv)}`.", "")
 
 
 def runs_section(rep: Page) -> None:
@@ -81,14 +110,15 @@ def build(dirs, out: Path, command: str = "node-report", found=None) -> Page:
             f"{len(runs)} runs under {', '.join(f'`{d}`' for d in dirs)}: "
             + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none") + ". "
             "Run IDs (R1, ...) are listed with their folders under 'Runs'; every CSV row names its runs' folders.", "")
-    for family in families.every():
-        for section in family.sections():
-            try:
-                section(rep)
-            except Exception as exc:  # one family's bad data must not cost the rest of the report
-                rep.add(f"**{section.__name__}: could not be made: {type(exc).__name__}: {one_line(exc, 200)}**", "")
-                rep.messages.append(f"section {section.__name__} could not be made: {type(exc).__name__}: "
-                                    f"{one_line(exc, 200)}")
+    sections = [section for family in families.every() for section in family.sections()]
+    for section in bar(sections, desc="tables and figures", unit="section", leave=False):
+        try:
+            section(rep)
+        except Exception as exc:  # one family's bad data must not cost the rest of the report
+            rep.add(f"**{section.__name__}: could not be made: {type(exc).__name__}: {one_line(exc, 200)}**", "")
+            rep.messages.append(f"section {section.__name__} could not be made: {type(exc).__name__}: "
+                                f"{one_line(exc, 200)}")
+    per_run_section(rep)
     runs_section(rep)
     (out / "report.md").write_text("\n".join(rep.md) + "\n")
     return rep

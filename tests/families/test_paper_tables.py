@@ -1,7 +1,6 @@
 """The paper values node-report prints beside ours are the paper's: Table 1 (MNIST) and Table 2 (spirals) as
-written in paper.md. tests/data/paper_tables.md is a verbatim copy of those lines of paper.md (which lives
-outside the repository, at ../shared/paper.md, and is not available in CI); the second test keeps the copy honest
-wherever paper.md is present."""
+written in docs/paper.md (the paper's facts this project cites). tests/data/paper_tables.md is a verbatim copy of
+those lines of docs/paper.md; the last test keeps the copy honest."""
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from node_cli.families.spirals.report import PAPER_TABLE2, SPIRAL_MODELS
 
 REPO = Path(__file__).resolve().parents[2]
 COPY = REPO / "tests" / "data" / "paper_tables.md"
-PAPER = REPO.parent / "shared" / "paper.md"
+PAPER = REPO / "docs" / "paper.md"
 
 
 def tables(text):
@@ -73,13 +72,11 @@ def test_epoch_matched_numbers_are_papers():
 
 
 def test_committed_copy_is_verbatim_from_paper_md():
-    if not PAPER.is_file():
-        pytest.skip(f"{PAPER} is not here (it lives outside the repository)")
     paper = PAPER.read_text(encoding="utf-8")
     copy = COPY.read_text(encoding="utf-8")
     lines = set(paper.splitlines())
     for line in copy.splitlines():
-        assert not line or line in lines, f"not in paper.md: {line!r}"
+        assert not line or line in lines, f"not in docs/paper.md: {line!r}"
     for block in copy.strip().split("\n\n"):                            # each caption and each table, contiguous
         assert block in paper, block
     assert sum(line.startswith("|") for line in copy.splitlines()) == 6 + 4

@@ -29,6 +29,7 @@ import torch
 from omegaconf import ListConfig
 
 from ...core.checks import ConfigError, boolean, choice, integer, number, positive
+from ...core.progress import bar
 from ...core.solve import nfe
 from . import data as toy2d
 from . import toys
@@ -124,7 +125,8 @@ class FlowTask:
         f0, _ = nfe(self.model)
         regs = dict(kinetic=[], jacobian=[])
         with self.eval_solver():
-            for i in range(0, n, EVAL_CHUNK):
+            for i in bar(range(0, n, EVAL_CHUNK), self.cfg.trainer.get("progress", True), desc="evaluation",
+                         unit="chunk", leave=False):
                 batch = self.test[i:min(i + EVAL_CHUNK, n)]
                 if self.ffjord:    # exact trace, and the regularisers' exact integrals in the same solve
                     values.append(-self.model.log_prob(batch, regularise=True))

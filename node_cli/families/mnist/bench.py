@@ -18,6 +18,7 @@ import torch
 from ...core.checks import ConfigError
 from ...core.clock import StepClock, environment, median
 from ...core.measure import activation_bytes, peak_memory
+from ...core.progress import bar
 from ...core.solve import ODEBlock, nfe
 from ...core.tables import write_table
 from .data import default_root
@@ -163,7 +164,7 @@ def bench_model(args, model: str, device: torch.device, log) -> list[dict]:
     clock = StepClock(device)
     times = {r.label: dict(sec=[], nfe_f=[], nfe_b=[], field=[], ode=[], loss=[]) for r in runners}
     total = args.warmup + args.steps
-    for rep in range(total):
+    for rep in bar(range(total), desc=f"node-bench step {model}", unit="repetition", leave=False):
         order = runners if rep % 2 == 0 else runners[::-1]
         for r in order:
             clock.attach(r.fields(), r.blocks())

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ...core.clock import environment
 from ...core.measure import activation_bytes, peak_memory, peak_memory_method, saved_by_shape
+from ...core.progress import bar
 from ...core.solve import nfe
 from ...core.tables import write_table
 from .bench import MEMORY_COLUMNS, VARIANTS, mnist_overrides
@@ -36,7 +37,7 @@ def memory_rows(args, device, log) -> list[dict]:
                                                         f"solver.atol={t}", *VARIANTS[v][0]]) for t in args.tols]
     settings += [("resnet", f"{k} blocks", ["experiment=mnist_resnet", f"model.blocks={k}"]) for k in args.blocks]
     rows = []
-    for model_name, setting, overrides in settings:
+    for model_name, setting, overrides in bar(settings, desc="node-bench memory", unit="setting", leave=False):
         cfg = args.configure(overrides + [f"solver.method={args.method}", f"trainer.batch_size={args.batch}",
                                    f"device={args.device}"])
         model = build_mnist_model(cfg.model, cfg.solver).to(device)

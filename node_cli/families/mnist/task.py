@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.checks import boolean, choice, integer, one_line, positive, text
+from ...core.progress import bar
 from ...core.solve import ODEBlock, nfe
 from .data import default_root, load_mnist
 from .models import MODELS, build_mnist_model
@@ -68,6 +69,7 @@ class MnistTask:
         self.batch_size = min(cfg.trainer.batch_size, len(self.train_x))
         self.augment = d.augment
         self.device = device
+        self.progress = cfg.trainer.get("progress", True)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.model = build_mnist_model(cfg.model, cfg.solver).to(device)
         self.memory_format = torch.contiguous_format
@@ -111,7 +113,7 @@ class MnistTask:
         n = len(self.test_x) if limit is None else min(limit, len(self.test_x))
         wrong, loss, batches = 0, 0.0, 0
         f0, _ = nfe(self.model)
-        for i in range(0, n, EVAL_BATCH):
+        for i in bar(range(0, n, EVAL_BATCH), self.progress, desc="evaluation", unit="batch", leave=False):
             x, y = self.images(self.test_x[i:i + EVAL_BATCH][: n - i]), self.test_y[i:i + EVAL_BATCH][: n - i]
             logits = self.model(self.inputs(x))
             wrong += (logits.argmax(1) != y).sum().item()

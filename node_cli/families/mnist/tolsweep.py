@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ...core.checks import ConfigError, DataError, one_line, resolve_device
 from ...core.measure import activation_bytes
+from ...core.progress import bar, say
 from ...core.rundir import write_json
 from ...core.solve import ODEBlock
 
@@ -117,7 +118,7 @@ def backward_study(model, block, x, y, tols, reference: float, loose: float, pro
     g_ref = g_ref.float()
     variants = [("default", "default", 1.0), ("seminorm", "seminorm", 1.0), (f"adjoint tol x{loose:g}", "default", loose)]
     rows = []
-    for tol in tols:
+    for tol in bar(tols, progress, desc="tolsweep: gradients", unit="tol"):
         for name, norm, factor in variants:
             with block.tolerance(tol), block.backward_solve(norm, tol * factor, tol * factor):
                 g, loss, nf, nb = gradient(model, block, x, y)
@@ -126,8 +127,8 @@ def backward_study(model, block, x, y, tols, reference: float, loose: float, pro
                              grad_error=((g - g_ref).norm() / g_ref.norm()).item(), loss=loss))
             if progress:
                 r = rows[-1]
-                print(f"  tol {tol:8.1e} {name:>16}: NFE-F/B {nf}/{nb} (ratio {r['ratio']:.2f})  "
-                      f"gradient error {r['grad_error']:.2e}", flush=True)
+                say(f"  tol {tol:8.1e} {name:>16}: NFE-F/B {nf}/{nb} (ratio {r['ratio']:.2f})  "
+                    f"gradient error {r['grad_error']:.2e}")
     return dict(reference_tol=reference, reference_nfe_forward=ref_f, reference_nfe_backward=ref_b,
                 reference_loss=loss_ref, loose=loose, rows=rows)
 
@@ -159,7 +160,7 @@ def sweep(run_dir, tols, reference: float = 1e-8, batch: int = 128, repeats: int
     ref_rms = ref.pow(2).mean().sqrt().item()
 
     rows = []
-    for tol in tols:
+    for tol in bar(tols, progress, desc="tolsweep: forward", unit="tol"):
         with block.tolerance(tol):
             with torch.no_grad():
                 best = math.inf
@@ -184,8 +185,8 @@ def sweep(run_dir, tols, reference: float = 1e-8, batch: int = 128, repeats: int
                        step_seconds=step_seconds, activation_bytes=act)
         rows.append(row)
         if progress:
-            print(f"  tol {tol:8.1e}: NFE-F {nfe_f:4d}  error {row['error_rms']:.2e}  forward {best:.3f} s  "
-                  f"step NFE-F/B {row['step_nfe_forward']}/{row['step_nfe_backward']}", flush=True)
+            say(f"  tol {tol:8.1e}: NFE-F {nfe_f:4d}  error {row['error_rms']:.2e}  forward {best:.3f} s  "
+                f"step NFE-F/B {row['step_nfe_forward']}/{row['step_nfe_backward']}")
     hook.remove()
     backward = backward_study(model, block, x, y, tols, reference, loose, progress)
 

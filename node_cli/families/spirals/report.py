@@ -2,7 +2,7 @@
 the paper's values (paper section 5)."""
 from __future__ import annotations
 
-from ...core.page import Page, mean, run_fields, select, steps_cell
+from ...core.page import Page, mean, run_fields, seeds, select, steps_cell
 from ...core.tables import fmt, md_table
 
 # Table 2 of the paper: predictive RMSE on the test set by observations per trajectory (of 100).
@@ -31,7 +31,7 @@ def table2(rep: Page) -> None:
             if used:
                 cells.setdefault(("hold_last", n), (mean(used, "test_rmse_hold_last"), 0.0))
             rows_md.append([label, f"{n}/{used[0].c('dataset.n_points', 100) if used else 100}",
-                            fmt(rmse) + (f" ± {sd:.4f} ({len(used)} seeds)" if sd is not None else ""),
+                            fmt(rmse) + (f" ± {sd:.4f} ({seeds(used)})" if sd is not None else ""),
                             fmt(paper), f"{steps} steps" if used else "no finished run",
                             rep.runs_cell(used, skipped)])
             rows_csv.append(dict(model=label, model_name=model, n_obs=n, test_rmse=rmse, test_rmse_sd=sd,
