@@ -72,11 +72,7 @@ def table2(rep: Page) -> None:
 
 def spread(runs, key):
     """The sample standard deviation of a summary number over runs (None with fewer than two)."""
-    values = [v for v in (r.s(key) for r in runs) if v is not None]
-    if len(values) < 2:
-        return None
-    m = sum(values) / len(values)
-    return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return stats.sd(v for v in (r.s(key) for r in runs) if v is not None)
 
 
 def comparisons(rep: Page, cell_runs: dict, n_obs) -> None:
