@@ -8,8 +8,8 @@ unpaired view: each model's mean ± sd and Welch's t interval. A seed run twice 
 n is the number of distinct seeds, never of run folders. The interval covers the seed-to-seed variation of
 training on *these* data; it says nothing about other data sets.
 
-The families say which comparisons are the paper's orderings (`claim`: "lower", or "within" a margin) and call
-`compare`; this module knows no family.
+The report sections say which comparisons are the paper's orderings (`claim`: "lower", or "within" a margin) and call
+`compare`; this module knows none of them.
 """
 from __future__ import annotations
 
