@@ -4,6 +4,8 @@
 #   FULL=1         each experiment's full paper budget; default trainer=quick (a CPU budget of minutes per run)
 #   SHORT=1        trainer=short: 3 epochs with a cosine schedule (MNIST: about an hour for Table 1 on a 2-core CPU)
 #   STEPS=N        cap every run at N optimizer steps (trainer.max_steps=N), e.g. STEPS=100 to check the machinery
+#   SEEDS=0,1,2    model seeds swept for every run (seed=0,1,2); node-report then averages them and compares the
+#                  models seed-paired with 95% intervals (default: the config's one seed)
 #   LAUNCHER=...   joblib (default): sweep points in parallel on this machine, JOBS at a time (Hydra joblib launcher)
 #                  slurm: one SLURM job per sweep point (Hydra submitit launcher, conf/hydra/launcher/slurm.yaml;
 #                         cluster settings in SLURM_ARGS, e.g. SLURM_ARGS="hydra.launcher.partition=gpu")
@@ -30,6 +32,7 @@ elif [[ "${FULL:-0}" != 1 ]]; then
     BUDGET+=(trainer=quick)
 fi
 [[ -z "${STEPS:-}" ]] || BUDGET+=("trainer.max_steps=$STEPS")
+[[ -z "${SEEDS:-}" ]] || BUDGET+=("seed=$SEEDS")
 BUDGET+=(trainer.progress=false)
 
 case "$LAUNCHER" in

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...core import stats
 from ...core.checks import one_line
 from ...core.page import Page, mean, plt_figure, run_fields, select
 from ...core.tables import fmt, md_table, pct
@@ -25,16 +26,22 @@ EPOCH_MATCHED = {
     "rknet": {1: 0.0288, 2: 0.0119, 5: 0.0108, 10: 0.0072, 30: 0.0065},
 }
 SWEEP = "tolsweep.json"   # what `node-report tolsweep` writes (tolsweep.py)
+# Table 1's claims about test error, as comparisons over seeds (A, B, claim, margin in percentage points): the
+# ODE-Net and the RK-Net match the ResNet (the paper: 0.42% and 0.47% against 0.41%) with a third of its
+# parameters, and every convolutional network is below the MLP.
+ORDERINGS = (("odenet", "resnet", "within", 0.3), ("rknet", "resnet", "within", 0.3),
+             ("odenet", "mlp", "lower", 0.0), ("resnet", "mlp", "lower", 0.0))
 
 
 def table1(rep: Page) -> None:
     if not rep.section("## Table 1: MNIST (paper section 3)", "classify", "MNIST",
                        "`scripts/table1.sh` (quick budget) or `FULL=1 scripts/table1.sh`"):
         return
-    rows_md, rows_csv, has_steps = [], [], False
+    rows_md, rows_csv, has_steps, cells = [], [], False, {}
     for label, model, p_err, p_params, p_mem, p_time in PAPER_TABLE1:
         used, skipped = select(rep.paper_setting(rep.of("classify", model)))
         rep.mark(used, "Table 1")
+        cells[model] = (label, used)
         err, params = mean(used, "test_error"), mean(used, "params")
         act, peak = mean(used, "activation_bytes"), mean(used, "peak_memory_bytes")
         sps, nf, nb = mean(used, "sec_per_step"), mean(used, "nfe_forward"), mean(used, "nfe_backward")
@@ -77,6 +84,27 @@ def table1(rep: Page) -> None:
             "skalermo/pytorch-mnist's logs (constant lr 0.01, no augmentation) after the most epochs it logged (1, 2, 5, "
             "10, 30) not beyond ours (full training set only). Paper memory/time are "
             "asymptotic (L layers, L̃ evaluations); the memory figure below measures them.", "")
+    comparisons(rep, cells)
+
+
+def comparisons(rep: Page, cells: dict) -> None:
+    """Table 1's claims about test error over seeds (core/stats.py): paired by seed, since every seed trains on
+    the same MNIST and is scored on the same test images."""
+    lines, rows = [], []
+    for a, b, claim, margin in ORDERINGS:
+        if cells.get(a, (0, []))[1] and cells.get(b, (0, []))[1]:
+            md, row = stats.comparison(cells[a], cells[b], "test_error", claim, margin, spec=".2f", scale=100,
+                                       unit=" points")
+            lines.append(md)
+            rows.append(row)
+    if lines:
+        used = [r for _, runs in cells.values() for r in runs]
+        rep.add("### Table 1's claims over seeds (test error in %)", "",
+                "Runs pair by seed (the same training and test images for every seed; the seed changes the "
+                "initialisation, the crops and the batch order); the 95% interval is the paired t interval of the "
+                "mean difference, and a claim is established when the interval lies inside it.", "",
+                *md_table(stats.COLUMNS, lines),
+                f"CSV: `{rep.csv('table1_comparisons.csv', rows)}`. Made from: {stats.machines(used)}.", "")
 
 
 def epoch_matched(model: str, runs) -> tuple[int, float] | None:

@@ -212,3 +212,40 @@ def test_epoch_matched_third_party_error_is_the_last_logged_epoch_not_beyond_our
     assert epoch_matched("odenet", [run(0)]) is None                  # under one epoch: nothing logged to match
     assert epoch_matched("odenet", [run(3, limit=1000)]) is None      # a subset of the training set: not comparable
     assert epoch_matched("mlp", [run(3)]) is None and epoch_matched("odenet", []) is None
+
+
+def test_table1_comparisons_with_one_seed_say_there_is_no_interval(mnist):
+    rows = read_csv(mnist["out"] / "table1_comparisons.csv")
+    assert [(r["a"], r["b"]) for r in rows] == [("ODE-Net", "ResNet"), ("RK-Net", "ResNet"), ("ODE-Net", "1-layer MLP"),
+                                               ("ResNet", "1-layer MLP")]
+    table = {load_run(Path(d)).model: load_run(Path(d)).s("test_error")
+             for d in (r["run_dirs"] for r in read_csv(mnist["out"] / "table1.csv"))}
+    for r in rows:
+        assert r["n"] == "1" and r["verdict"] == "not established: no interval from 1 seed (needs 2 or more)"
+    assert float(rows[0]["difference"]) == pytest.approx(100 * (table["odenet"] - table["resnet"]))
+
+
+def test_table1_comparisons_pair_by_seed_within_the_margin(tmp_path):
+    """Three seeds: the ODE-Net 0.1 points above the ResNet on every seed (established within ±0.3 points); the
+    RK-Net 0.1 below, 0.5 above, 0.1 above (not established)."""
+    from node_cli.core.page import Page
+    from node_cli.core.rundir import Run
+    from node_cli.families.mnist.report import comparisons
+
+    def runs(model, errors):
+        return [Run(Path(f"{model}{s}"), cfg={"seed": s, "model": {"name": model}}, summary={"test_error": e},
+                    status="ok") for s, e in enumerate(errors)]
+
+    resnet = runs("resnet", (0.007, 0.009, 0.008))
+    cells = {"resnet": ("ResNet", resnet), "odenet": ("ODE-Net", runs("odenet", (0.008, 0.010, 0.009))),
+             "rknet": ("RK-Net", runs("rknet", (0.006, 0.014, 0.009))), "mlp": ("1-layer MLP", [])}
+    page = Page(tmp_path, [tmp_path], [], [], lambda r: None, lambda r: True)
+    comparisons(page, cells)
+    rows = {(r["a"], r["b"]): r for r in read_csv(tmp_path / "table1_comparisons.csv")}
+    assert set(rows) == {("ODE-Net", "ResNet"), ("RK-Net", "ResNet")}        # no MLP runs: no MLP rows
+    ode = rows[("ODE-Net", "ResNet")]
+    assert float(ode["difference"]) == pytest.approx(0.1) and float(ode["lo"]) == pytest.approx(0.1)
+    assert ode["verdict"] == "established: within ±0.3 points (paired, n = 3)"
+    rk = rows[("RK-Net", "ResNet")]          # differences -0.1, 0.5, 0.1 points: mean 0.1667, sd 0.3055
+    assert float(rk["hi"]) == pytest.approx(0.5 / 3 + 4.303 * 0.30551 / 3 ** 0.5, abs=2e-3)
+    assert rk["verdict"].startswith("not established: the interval reaches beyond ±0.3 points")

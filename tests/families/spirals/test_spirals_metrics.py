@@ -55,17 +55,43 @@ def test_the_plain_rnn_is_rolled_out_at_its_training_cadence_and_interpolated():
     assert model.forecast(x, t, t_out)[0, :, 0].tolist() == [5.0, 6.0, 7.0]
 
 
-def test_table2_spread_and_the_two_sd_margin():
+def test_table2_spread():
     from pathlib import Path
 
     from node_cli.core.rundir import Run
-    from node_cli.families.spirals.report import margins, spread
+    from node_cli.families.spirals.report import spread
 
     runs = [Run(Path(f"r{i}"), summary={"test_rmse": v}) for i, v in enumerate((1.0, 2.0, 3.0))]
     assert spread(runs, "test_rmse") == pytest.approx(1.0)                   # sample sd of 1, 2, 3
     assert spread(runs[:1], "test_rmse") is None
-    cells = {("latent_ode", 30): (0.5, 0.1), ("rnn", 30): (1.0, 0.1),        # 0.5 > 2 * sqrt(0.02) = 0.283
-             ("rnn_dt", 30): (0.7, 0.1), ("hold_last", 30): (2.3, 0.0)}      # 0.2 < 0.283
-    line = margins(cells, [30])[0]
-    assert "by more than two combined standard deviations: RNN at 30, hold-last at 30" in line
-    assert "not by that margin: RNN + time gaps at 30" in line
+
+
+def test_table2_comparisons_pair_seeds_and_say_which_ordering_is_established(tmp_path):
+    """Three seeds on one data set: the latent ODE 0.2 below the RNN on every seed (established, paired, zero
+    spread of the differences), and against the time-gap RNN once above, once below (not established)."""
+    from pathlib import Path
+
+    from node_cli.core.page import Page
+    from node_cli.core.rundir import Run
+    from node_cli.families.spirals.report import comparisons
+
+    def runs(model, rmse):
+        return [Run(Path(f"{model}{s}"), cfg={"seed": s, "dataset": {"seed": 0}, "model": {"name": model}},
+                    summary={"test_rmse": v, "test_rmse_traj_mean": v / 2, "test_rmse_h10": 0.1,
+                             "test_rmse_hold_last": 2.3, "device_name": "cpu X", "threads": 1}, status="ok")
+                for s, v in enumerate(rmse)]
+
+    cells = {("latent_ode", 30): runs("latent_ode", (0.5, 0.9, 0.7)), ("rnn", 30): runs("rnn", (0.7, 1.1, 0.9)),
+             ("rnn_dt", 30): runs("rnn_dt", (0.3, 1.2, 0.8))}
+    page = Page(tmp_path, [tmp_path], [], [], lambda r: None, lambda r: True)
+    comparisons(page, cells, [30])
+    rows = {tuple(line.split(" | ")[1:4]): line for line in page.md if line.startswith("| 30/100")}
+    rnn = rows[("Latent ODE", "RNN", "test_rmse")]
+    assert "-0.2000 [-0.2000, -0.2000]" in rnn and "established: A lower (interval below 0; paired, n = 3)" in rnn
+    assert "0.7000 ± 0.2000 (3 seeds)" in rnn
+    gaps = rows[("Latent ODE", "RNN + time gaps", "test_rmse")]   # differences 0.2, -0.3, -0.1
+    assert "not established: the interval includes 0" in gaps
+    assert ("Latent ODE", "RNN", "test_rmse_traj_mean") in rows and ("Latent ODE", "RNN", "test_rmse_h10") in rows
+    hold = rows[("Latent ODE", "hold the last observation", "test_rmse vs test_rmse_hold_last")]
+    assert "-1.6000" in hold and "established" in hold
+    assert any("cpu X; threads 1" in line and "seeds 0, 1, 2" in line for line in page.md)
