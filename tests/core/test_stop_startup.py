@@ -62,6 +62,6 @@ def test_a_requeued_job_whose_run_stopped_before_its_first_checkpoint_starts_aga
 
     (tmp_path / "summary.json").write_text(json.dumps(dict(status="interrupted")))
     (tmp_path / "metrics.jsonl").write_text(json.dumps(dict(step=0, test_loss=1.0)) + "\n")
-    assert requeued(None, tmp_path) == {}   # no checkpoint: a fresh start in the same folder
-    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    # no checkpoint: a start from step 0 in the same folder, recorded as a restart (fit() starts a new metrics log)
+    assert requeued(None, tmp_path) == {"history": []}
     assert "stopped before its first checkpoint: starting it again" in capsys.readouterr().err
