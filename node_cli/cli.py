@@ -368,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"node-run: error: the sweep ended with an error: {type(exc).__name__}: {one_line(exc, 300)}{failed}",
               file=sys.stderr)
         sys.exit(1)
+    finally:
+        if sweep_errors:   # ours, not the user's: a later node-run in this process (or its children) must not see it
+            os.environ.pop("HYDRA_FULL_ERROR", None)
     if FAILED:
         sys.exit(1)
 

@@ -274,7 +274,8 @@ def test_a_preempted_job_saves_and_its_requeued_run_ends_as_if_never_stopped(swe
 
 def test_a_signal_during_start_up_requeues_the_job_and_it_finishes(sweeps):
     folder, summary, logs = _ok("d_startup", sweeps)
-    assert "resumed" not in summary   # stopped before any training: started again, nothing to continue
+    # stopped before any training: each later start began again from step 0 (recorded as such), nothing continued
+    assert summary["resumed"] and all(entry["from_step"] == 0 for entry in summary["resumed"])
     assert "SIGUSR2 received while the job starts: held" in logs   # 1: while importing
     log = (folder / "node-run.log").read_text()
     assert "stopped while loading the data or building the model, before the first training step" in log   # 2
