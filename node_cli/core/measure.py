@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import warnings
@@ -91,6 +92,7 @@ def _quiet_stderr():
 def peak_memory(model: nn.Module, forward: Callable[[], torch.Tensor], device: torch.device) -> int:
     """Run forward + backward once; return the peak bytes allocated above the starting level."""
     model.zero_grad(set_to_none=True)
+    gc.collect()   # tensors in garbage cycles freed inside the window would lower the count at a random moment
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         start = torch.cuda.memory_allocated(device)
