@@ -35,7 +35,7 @@ import torch
 
 from .core.checks import DEVICES, ConfigError, DataError, one_line
 from .core.rundir import read_summary, write_json
-from .core.solve import nfe
+from .core.meter import Count
 from .core import threads
 from .families import get as family
 from .families.trained import evaluated_solver, load_run, parse_overrides
@@ -73,9 +73,8 @@ def evaluate(run_dir, overrides: list[str] | tuple = (), split: str = "test", de
     cfg, task, dev = loaded.cfg, loaded.task, loaded.device
     used = threads.apply(cfg.get("threads", "auto"), family(cfg.task).threads)   # as node-run would train it
     tic = time.perf_counter()
-    f0, _ = nfe(task.model)
-    metrics = task.evaluate(None)
-    f1, _ = nfe(task.model)
+    with Count(task.model) as counted:
+        metrics = task.evaluate(None)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - tic
@@ -86,8 +85,7 @@ def evaluate(run_dir, overrides: list[str] | tuple = (), split: str = "test", de
     summary = dict(kind="node-eval", status="ok", run_dir=str(run_dir.resolve()), experiment=cfg.get("name"),
                    task=cfg.task, model=cfg.model.get("name"), dataset=cfg.dataset.get("name"), split=split)
     summary.update(metrics)
-    summary.setdefault("eval_nfe_forward", f1 - f0)
-    summary.update(eval_nfe_forward_total=f1 - f0, solver=evaluated_solver(cfg), tolerance_from=loaded.tolerance_from,
+    summary.update(eval_nfe_forward=counted.per_solve, eval_nfe_forward_total=counted.nfe_forward, solver=evaluated_solver(cfg), tolerance_from=loaded.tolerance_from,
                    overrides=list(overrides), checkpoint_step=loaded.ckpt.get("step"),
                    checkpoint_final=loaded.ckpt.get("final"), checkpoint_metrics=loaded.ckpt.get("metrics"),
                    run_status=run_status, wall_time=seconds, device=str(dev), torch=torch.__version__, **used,

@@ -32,7 +32,8 @@ elif [[ "${FULL:-0}" != 1 ]]; then
     BUDGET+=(trainer=quick)
 fi
 [[ -z "${STEPS:-}" ]] || BUDGET+=("trainer.max_steps=$STEPS")
-[[ -z "${SEEDS:-}" ]] || BUDGET+=("seed=$SEEDS")
+SEED=()   # swept first, so that whole seeds finish one after another (a cut-short sweep leaves whole seeds)
+[[ -z "${SEEDS:-}" ]] || SEED=("seed=$SEEDS")
 BUDGET+=(trainer.progress=false)
 
 case "$LAUNCHER" in
@@ -55,7 +56,7 @@ sweep() {
     local dir=$1
     shift
     echo "$NAME: node-run -m $* hydra.sweep.dir=$dir" >&2
-    node-run -m "$@" "${BUDGET[@]}" "${LAUNCH[@]}" "hydra.sweep.dir=$dir" || {
+    node-run -m "${SEED[@]}" "$@" "${BUDGET[@]}" "${LAUNCH[@]}" "hydra.sweep.dir=$dir" || {
         local rc=$?
         echo "$NAME: some runs in $dir did not finish ok (exit $rc); the report lists them" >&2
         STATUS=1

@@ -17,7 +17,7 @@ RUNS=$(cd "$OUT/runs" && pwd)          # flows_tables.sh works from the reposito
 EXTRA=()
 [[ "$LAUNCHER" != slurm ]] || EXTRA=("${LAUNCH[@]}")
 export JOBS
-"$SCRIPTS/flows_tables.sh" "$RUNS" "${BUDGET[@]}" ${EXTRA[@]+"${EXTRA[@]}"} "$@" || {
+"$SCRIPTS/flows_tables.sh" "$RUNS" ${SEED[@]+"${SEED[@]}"} "${BUDGET[@]}" ${EXTRA[@]+"${EXTRA[@]}"} "$@" || {
     echo "$NAME: flows_tables.sh exited with $?; reporting what finished" >&2
     STATUS=1
 }

@@ -12,7 +12,7 @@ source "$(dirname "$0")/_paper.sh"
 # dataset=spirals: Hydra composes a multirun's primary config before the swept experiment is applied, so keys of
 # the spirals data set (dataset.n_obs) need the spirals data set there too.
 echo "$NAME: spirals_table.sh into $OUT/runs" >&2
-SWEEP_DIR="$OUT/runs" "$SCRIPTS/spirals_table.sh" dataset=spirals "$@" "${BUDGET[@]}" "${LAUNCH[@]}" || {
+SWEEP_DIR="$OUT/runs" "$SCRIPTS/spirals_table.sh" ${SEED[@]+"${SEED[@]}"} dataset=spirals "$@" "${BUDGET[@]}" "${LAUNCH[@]}" || {
     echo "$NAME: spirals_table.sh exited with $?; reporting what finished" >&2
     STATUS=1
 }

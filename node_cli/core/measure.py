@@ -14,6 +14,7 @@ import gc
 import os
 import sys
 import warnings
+import weakref
 from typing import Callable
 
 import torch
@@ -25,27 +26,24 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class SavedTensorMeter(contextlib.AbstractContextManager):
-    """Counts the bytes of distinct storages autograd saves for backward inside the `with` block."""
+    """Counts the bytes of distinct storages autograd saves for backward inside the `with` block and still holds at
+    its end. Tensors saved by a graph made and dropped inside the block (a vector field that takes a gradient inside
+    an adjoint's no-grad forward solve) are not activations kept for the backward pass; their memory is reused by
+    later ones, so counting them by address would also make the count depend on the allocator."""
 
     def __init__(self, exclude: nn.Module | None = None):
         self.exclude = {p.untyped_storage().data_ptr() for p in exclude.parameters()} if exclude else set()
         self.bytes = 0
         self.by_shape: dict[str, tuple[int, int]] = {}   # "64x6x6" -> (tensors, bytes) of the distinct storages
-        self._seen: set[int] = set()
+        self._saved: list = []                           # (weak reference to a saved tensor, its shape key)
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor):
         try:
-            storage = t.untyped_storage()
+            t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # tensors without storage
             return t
-        ptr = storage.data_ptr()
-        if ptr not in self._seen and ptr not in self.exclude:
-            self._seen.add(ptr)
-            self.bytes += storage.nbytes()
-            key = "x".join(map(str, t.shape)) or "scalar"
-            n, b = self.by_shape.get(key, (0, 0))
-            self.by_shape[key] = (n + 1, b + storage.nbytes())
+        self._saved.append((weakref.ref(t), "x".join(map(str, t.shape)) or "scalar"))
         return t
 
     def __enter__(self):
@@ -53,7 +51,22 @@ class SavedTensorMeter(contextlib.AbstractContextManager):
         return self
 
     def __exit__(self, *exc):
-        return self._hooks.__exit__(*exc)
+        self._hooks.__exit__(*exc)
+        seen = set()
+        for ref, key in self._saved:   # the graph holds what it saved: a dead reference was dropped with its graph
+            t = ref()
+            if t is None:
+                continue
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr in seen or ptr in self.exclude:
+                continue
+            seen.add(ptr)
+            self.bytes += storage.nbytes()
+            n, b = self.by_shape.get(key, (0, 0))
+            self.by_shape[key] = (n + 1, b + storage.nbytes())
+        self._saved.clear()
+        return False
 
 
 def _saved(model: nn.Module, forward: Callable[[], torch.Tensor]) -> SavedTensorMeter:

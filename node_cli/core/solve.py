@@ -152,7 +152,7 @@ class ODEBlock(nn.Module):
     `fast_rk=True` runs adaptive Runge-Kutta methods with the fast stage arithmetic of `fastrk` (same method,
     same steps); other methods ignore it. None (the default): the config's `solver.fast_rk` (true when absent).
 
-    Counts of the forward solves (odeint, or odeint_adjoint's forward pass): `nfe_forward`, `steps_accepted`,
+    Counts of the forward solves (odeint, or odeint_adjoint's forward pass): `solves`, `nfe_forward`, `steps_accepted`,
     `steps_rejected`, `min_dt` (smallest accepted step, None before any adaptive Runge-Kutta step; since
     construction or the last `reset_min_dt()`). The adjoint's backward solves: `nfe_backward`,
     `steps_accepted_backward`, `steps_rejected_backward`, `min_dt_backward`.
@@ -178,6 +178,7 @@ class ODEBlock(nn.Module):
                                          self.adjoint and step_callbacks(backward_method))
         self.register_buffer("span", torch.tensor([0.0, float(t1)]), persistent=False)
         self.nfe_forward = 0
+        self.solves = 0   # forward solves (calls of forward and at_rows)
 
     @property
     def nfe_backward(self) -> int:
@@ -194,6 +195,10 @@ class ODEBlock(nn.Module):
     @property
     def min_dt(self) -> float | None:
         return self.field.forward_steps.min_dt
+
+    @min_dt.setter
+    def min_dt(self, value: float | None) -> None:
+        self.field.forward_steps.min_dt = value
 
     @property
     def steps_accepted_backward(self) -> int:
@@ -251,6 +256,7 @@ class ODEBlock(nn.Module):
         else:
             out = torchdiffeq.odeint(self.field, y0, times, **self.kwargs)
         self.nfe_forward += self.field.calls - before
+        self.solves += 1
         if t is not None:
             return out
         return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
@@ -265,6 +271,7 @@ class ODEBlock(nn.Module):
             before = self.field.calls
             out = fastrk.solve_rows(self.field, y0, t, self.kwargs)
             self.nfe_forward += self.field.calls - before
+            self.solves += 1
             return out
         grid, where = torch.unique(torch.cat([t.new_zeros(1), t.reshape(-1)]), sorted=True, return_inverse=True)
         ys = self(y0, grid)                                                 # [len(grid), B, ...]

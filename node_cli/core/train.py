@@ -30,15 +30,17 @@ import re
 import signal
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 import torch
 from omegaconf import OmegaConf
 from . import measure, stop
 from .checks import one_line
+from .meter import Count, Meter
 from .progress import bar as progress_bar
 from .rundir import METRICS, RunDir
-from .solve import nfe, nfe_note, solver_stats
+from .solve import nfe_note
 
 
 class Task(Protocol):
@@ -96,10 +98,6 @@ def _finite(values: dict) -> bool:
     return all(math.isfinite(v) for v in values.values() if isinstance(v, (int, float)))
 
 
-def _zeros() -> dict:
-    return dict(loss=0.0, steps=0, nfe_f=0, nfe_b=0, time=0.0)
-
-
 def _rng_state() -> dict:
     state = dict(torch=torch.get_rng_state())
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -113,8 +111,29 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class Replay:
+    """Where the loop stands between two steps beyond its counters, in every checkpoint, so that a resumed run does
+    next exactly what a run never stopped did. `train` replays a checkpoint's in this order:
+    1. `owed`: the checkpoint is a finished run's final one and the budget is now larger. The longer run made an
+       intermediate evaluation after that step, not the final one, and if the step ended an epoch it ended it after
+       that evaluation: `pre_end` (the epoch, schedule and lrs before the last step's epoch end) undoes the end so
+       that it is redone in that order.
+    2. `pending`: stopped right after a step, before what follows a step (the evaluation due, the epoch's end).
+    3. `skip`: batches of the current epoch already trained: the task's generators go back to the epoch's start
+       (`epoch_rng`) and its first `skip` batches are drawn again and dropped, then the global random state of the
+       checkpoint comes back.
+    """
+    epoch_rng: list | None = None   # the task's generators at the start of the current epoch
+    pre_end: dict | None = None     # before the last step's epoch end (written when the run's last step ends one)
+    skip: int = 0
+    owed: bool = False
+    pending: bool = False
+
+
 class Loop:
-    """One run's training: its state (counters, totals, optimizer, scheduler) and the steps that change it."""
+    """One run's training: its control flow and state (counters, optimizer, scheduler, replay state); what it
+    measures is its meter's (core/meter.py)."""
 
     def __init__(self, cfg, task, run: RunDir, device: torch.device):
         self.cfg, self.task, self.run, self.device = cfg, task, run, device
@@ -130,14 +149,10 @@ class Loop:
         self.step = self.epoch = self.in_epoch = 0   # in_epoch: steps done in the current epoch
         self.last_eval: dict = {}
         self.last_eval_step = None
-        self.totals, self.window = _zeros(), _zeros()   # the whole run; since the last metrics line
+        self.meter = Meter(self.model, device)
+        self.replay = Replay()
         self.elapsed = 0.0                              # wall seconds of earlier processes (resumed runs)
         self.started = time.time()
-        self.epoch_rng = None                           # the task's generators at the start of this epoch
-        self.skip = 0                                   # batches of this epoch already trained (resumed runs)
-        self.owed = False                               # the evaluation a finished run owes its last step
-        self.pre_end = None                             # epoch, schedule and lr before the last step's epoch end
-        self.pending = False                            # stopped right after a step, before what follows it
         self.mark = None                                # the state between steps, while a step runs (stop.Stopped)
 
     # ------------------------------------------------------------------------------------------- checkpoints
@@ -153,12 +168,13 @@ class Loop:
             state["milestones"] = Counter(state["milestones"])
         self.scheduler.load_state_dict(state)
 
-    def state(self, final: bool, window: dict, pending: bool = False, task: dict | None = None) -> dict:
-        return dict(format=CHECKPOINT_FORMAT, pending=pending, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scheduler=self.schedule_state(), pre_end=self.pre_end,
+    def state(self, final: bool, window: dict | None = None, pending: bool = False, task: dict | None = None) -> dict:
+        """The checkpoint: `window`, the meter's window to save (None: as it is now)."""
+        return dict(format=CHECKPOINT_FORMAT, pending=pending, model=self.model.state_dict(),
+                    optimizer=self.optimizer.state_dict(), scheduler=self.schedule_state(), pre_end=self.replay.pre_end,
                     step=self.step, epoch=self.epoch, in_epoch=self.in_epoch, final=final,
-                    metrics=self.last_eval, metrics_step=self.last_eval_step, totals=dict(self.totals),
-                    window=dict(window), wall_time=self.wall(), rng=_rng_state(), epoch_rng=self.epoch_rng,
+                    metrics=self.last_eval, metrics_step=self.last_eval_step, **self.meter.state(window),
+                    wall_time=self.wall(), rng=_rng_state(), epoch_rng=self.replay.epoch_rng,
                     generators=[g.get_state() for g in self.generators()],
                     task=self.task_state() if task is None else task, config=OmegaConf.to_container(self.cfg))
 
@@ -170,15 +186,14 @@ class Loop:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.load_schedule(ckpt["scheduler"])
-        self.pre_end = ckpt["pre_end"]
         self.step, self.epoch, self.in_epoch = ckpt["step"], ckpt["epoch"], ckpt["in_epoch"]
         self.last_eval, self.last_eval_step = dict(ckpt["metrics"] or {}), ckpt.get("metrics_step")
-        self.totals, self.window = dict(ckpt["totals"]), dict(ckpt["window"])
+        self.meter.load_state(ckpt)
         self.elapsed, self.started = float(ckpt["wall_time"]), time.time()
-        self.epoch_rng, self.skip = ckpt["epoch_rng"], self.in_epoch
+        self.replay = Replay(epoch_rng=ckpt["epoch_rng"], pre_end=ckpt["pre_end"], skip=self.in_epoch,
+                             owed=bool(ckpt["final"]), pending=bool(ckpt["pending"]))
         for g, state in zip(self.generators(), ckpt["generators"]):
             g.set_state(state)
-        self.owed, self.pending = bool(ckpt["final"]), bool(ckpt["pending"])
         if ckpt.get("task") and hasattr(self.task, "load_state"):
             self.task.load_state(ckpt["task"])
         # metrics lines after the checkpoint (and a finished run's final line) belong to the old ending
@@ -194,21 +209,19 @@ class Loop:
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, final: bool) -> dict:
         kept = self.task_state() if final else None   # a final checkpoint keeps the task as before its evaluation
-        result = self.task.evaluate(self.t.get("final_eval_limit") if final else self.t.eval_limit)
-        w, n = self.window, max(self.window["steps"], 1)
-        row = dict(step=self.step, epoch=self.epoch, train_loss=w["loss"] / n, **result,
-                   nfe_forward=w["nfe_f"] / n, nfe_backward=w["nfe_b"] / n,
-                   solver_accepted=w.get("solver_acc", 0) / n, solver_rejected=w.get("solver_rej", 0) / n,
-                   solver_min_dt=w.get("solver_min_dt"), sec_per_step=w["time"] / n,
+        limit = self.t.get("final_eval_limit") if final else self.t.eval_limit
+        result = self.meter.evaluation(lambda: self.task.evaluate(limit))
+        before = dict(self.meter.window)
+        means = self.meter.row()
+        row = dict(step=self.step, epoch=self.epoch, train_loss=means.pop("train_loss"), **result, **means,
                    lr=self.optimizer.param_groups[0]["lr"], wall_time=self.wall(), final=final)
         self.run.log(row)
         log.info("evaluation at step %d%s: %s", self.step, " (final)" if final else "",
                  ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-        before, self.window = self.window, _zeros()
         if _finite(result):
             self.last_eval, self.last_eval_step = result, self.step
             # a final checkpoint keeps the window before its line: a longer budget resumes from just before it
-            self.run.save_checkpoint(self.state(final, before if final else self.window, task=kept))
+            self.run.save_checkpoint(self.state(final, before if final else None, task=kept))
         return result
 
     def after_step(self) -> None:
@@ -227,64 +240,49 @@ class Loop:
 
     # ---------------------------------------------------------------------------------------------- steps
     def train_step(self, batch) -> float:
-        model, optimizer = self.model, self.optimizer
-        f0, b0 = nfe(model)
-        s0 = solver_stats(model, reset_min_dt=True)   # min_dt: this step's solves only
-        tic = time.perf_counter()
-        with stop.droppable():   # until the update, a stop request ends the step's solves (the step is dropped)
-            loss = self.task.loss(batch)
-            if not torch.isfinite(loss):
-                raise SolverFailure(f"non-finite training loss at step {self.step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        optimizer.step()
-        if self.per_step:
-            self.scheduler.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        f1, b1 = nfe(model)
-        s1 = solver_stats(model)
-        value = loss.item()
-        for acc in (self.window, self.totals):
-            acc["time"] += time.perf_counter() - tic
-            acc["loss"] += value
-            acc["steps"] += 1
-            acc["nfe_f"] += f1 - f0
-            acc["nfe_b"] += b1 - b0
-            # forward-solve steps; .get: checkpoints written before these keys existed
-            acc["solver_acc"] = acc.get("solver_acc", 0) + s1["accepted"] - s0["accepted"]
-            acc["solver_rej"] = acc.get("solver_rej", 0) + s1["rejected"] - s0["rejected"]
-            low = [v for v in (acc.get("solver_min_dt"), s1["min_dt"]) if v is not None]
-            acc["solver_min_dt"] = float(min(low)) if low else None
+        """One optimizer step on `batch`, measured by the meter; returns its loss."""
+        value = self.meter.step(lambda: self.update(batch))
         self.step += 1
         self.in_epoch += 1
         return value
 
+    def update(self, batch) -> float:
+        with stop.droppable():   # until the update, a stop request ends the step's solves (the step is dropped)
+            loss = self.task.loss(batch)
+            if not torch.isfinite(loss):
+                raise SolverFailure(f"non-finite training loss at step {self.step + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.optimizer.step()
+        if self.per_step:
+            self.scheduler.step()
+        return loss.item()
+
     def batches(self):
         """This epoch's batches from where the run stands: a resumed run replays the epoch's draws up to its step
         (so every generator is where it was), then gets the global random state of its checkpoint back."""
-        gens = self.generators()
-        if self.skip == self.task.steps_per_epoch():   # stopped at the epoch's last step: nothing left of it
-            self.skip = 0
+        gens, replay = self.generators(), self.replay
+        if replay.skip == self.task.steps_per_epoch():   # stopped at the epoch's last step: nothing left of it
+            replay.skip = 0
             return iter(())
-        if self.skip:
-            for g, s in zip(gens, self.epoch_rng):
+        if replay.skip:
+            for g, s in zip(gens, replay.epoch_rng):
                 g.set_state(s)
             rng = _rng_state()
             batches = iter(self.task.train_batches(self.epoch))
-            for _ in itertools.islice(batches, self.skip):
+            for _ in itertools.islice(batches, replay.skip):
                 pass
             _set_rng_state(rng)
-            self.skip = 0
+            replay.skip = 0
             return batches
-        self.epoch_rng = [g.get_state() for g in gens]
+        replay.epoch_rng = [g.get_state() for g in gens]
         return iter(self.task.train_batches(self.epoch))
 
     def marked(self, batches):
         """`batches`, noting before each draw the random state between steps (`self.mark`): a step dropped by a
         stop inside its solve is saved as the step before it, exactly (the generators replay from the epoch's)."""
         while True:
-            self.mark = _rng_state(), (self.epoch_rng if self.in_epoch == 0 else
+            self.mark = _rng_state(), (self.replay.epoch_rng if self.in_epoch == 0 else
                                        [g.get_state() for g in self.generators()])
             batch = next(batches, _END)
             if batch is _END:
@@ -295,11 +293,12 @@ class Loop:
         """Train to the end of the budget or until stopped: (status, error)."""
         bar = progress_bar(total=self.total, initial=self.step, desc=self.cfg.name, enabled=self.t.progress)
         try:
-            if self.owed and self.step < self.total:   # a finished run given a larger budget: do what a
-                self.owed = False                         # longer run did after this step
+            replay = self.replay
+            if replay.owed and self.step < self.total:   # a finished run given a larger budget: do what a
+                replay.owed = False                         # longer run did after this step
                 self.continue_finished()
-            if self.pending:   # stopped right after a step: what the loop had not done yet after it
-                self.pending = False
+            if replay.pending:   # stopped right after a step: what the loop had not done yet after it
+                replay.pending = False
                 if self.step < self.total:
                     self.after_step()
                 elif self.in_epoch == self.task.steps_per_epoch():
@@ -332,7 +331,7 @@ class Loop:
 
     def close_epoch(self) -> None:
         if self.step >= self.total:   # the run's last step: remember what a longer run would see here
-            self.pre_end = dict(epoch=self.epoch, in_epoch=self.in_epoch, scheduler=self.schedule_state(),
+            self.replay.pre_end = dict(epoch=self.epoch, in_epoch=self.in_epoch, scheduler=self.schedule_state(),
                                 lrs=[g["lr"] for g in self.optimizer.param_groups])
         self.end_of_epoch()
 
@@ -340,30 +339,31 @@ class Loop:
         """A finished run's last step was followed by its final evaluation; a longer run goes on instead. If that
         step ended an epoch (still an epoch end in the new budget: flows count the whole run as one epoch), undo
         the epoch end and redo it as a longer run does, after its evaluation; else just make that evaluation."""
-        if self.pre_end is None:
+        pre_end = self.replay.pre_end
+        if pre_end is None:
             self.after_step()
             return
-        self.epoch, self.in_epoch = self.pre_end["epoch"], self.pre_end["in_epoch"]
-        self.load_schedule(self.pre_end["scheduler"])
-        for group, lr in zip(self.optimizer.param_groups, self.pre_end["lrs"]):
+        self.epoch, self.in_epoch = pre_end["epoch"], pre_end["in_epoch"]
+        self.load_schedule(pre_end["scheduler"])
+        for group, lr in zip(self.optimizer.param_groups, pre_end["lrs"]):
             group["lr"] = lr
-        self.pre_end = None
+        self.replay.pre_end = None
         self.after_step()
         if self.in_epoch == self.task.steps_per_epoch():
             self.end_of_epoch()
         else:
-            self.skip = self.in_epoch
+            self.replay.skip = self.in_epoch
 
     def drop_step(self, watcher) -> tuple[str, str]:
         """Stopped inside a solve of step k + 1 (before its update): save step k as it was, random state included."""
         rng, generators = self.mark
-        self.run.save_checkpoint(dict(self.state(False, self.window), rng=rng, generators=generators))
+        self.run.save_checkpoint(dict(self.state(False), rng=rng, generators=generators))
         return "interrupted", (f"stopped by {watcher.name} inside a solve of step {self.step + 1}: that step is "
                                f"dropped; checkpoint of step {self.step} saved (continue with: node-run "
                                f"resume={self.run.path})")
 
     def interrupt(self, watcher) -> tuple[str, str]:
-        self.run.save_checkpoint(self.state(False, self.window, pending=True))
+        self.run.save_checkpoint(self.state(False, pending=True))
         return "interrupted", (f"stopped by {watcher.name} after step {self.step}; checkpoint of that step saved "
                                f"(continue with: node-run resume={self.run.path})")
 
@@ -380,7 +380,7 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
         status, error = loop.train(watcher)
         evaluated = None
         if status == "ok":
-            complete = loop.state(True, loop.window)   # training done: what a stop during the evaluation saves
+            complete = loop.state(True)   # training done: what a stop during the evaluation saves
             try:
                 with stop.watch(immediate=True):         # a signal stops the final evaluation at once
                     result = loop.evaluate(final=True)
@@ -402,17 +402,10 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
     summary = dict(loop.last_eval)
     if evaluated is None and loop.last_eval_step is not None:
         evaluated = f"intermediate, at step {loop.last_eval_step} (trainer.eval_limit test examples)"
-    n = max(loop.totals["steps"], 1)
-    summary.update(
-        status=status, error=error, steps=loop.step, epochs=loop.epoch, evaluation=evaluated,
-        nfe_forward=loop.totals["nfe_f"] / n, nfe_backward=loop.totals["nfe_b"] / n, nfe_backward_note=nfe_note(task.model),
-        solver_accepted=loop.totals.get("solver_acc", 0) / n, solver_rejected=loop.totals.get("solver_rej", 0) / n,
-        solver_min_dt=loop.totals.get("solver_min_dt"),
-        sec_per_step=loop.totals["time"] / n,
-        examples_per_sec=loop.totals["steps"] * getattr(task, "batch_size", cfg.trainer.batch_size)
-        / max(loop.totals["time"], 1e-9),
-        wall_time=loop.wall(), batch_size=getattr(task, "batch_size", cfg.trainer.batch_size),   # as really used
-    )
+    batch = getattr(task, "batch_size", cfg.trainer.batch_size)   # as really used
+    summary.update(status=status, error=error, steps=loop.step, epochs=loop.epoch, evaluation=evaluated,
+                   **loop.meter.summary(batch), nfe_backward_note=nfe_note(task.model), wall_time=loop.wall(),
+                   batch_size=batch)
     if status == "ok":
         try:
             try:
@@ -435,9 +428,8 @@ def fit(cfg, task, run: RunDir, device: torch.device, resume: dict | None = None
 def measure_memory(task, device: torch.device) -> dict:
     """Activation bytes and peak memory of one training step (forward + backward, no update) on a fixed batch."""
     model, batch = task.model, task.memory_batch()
-    f0, _ = nfe(model)
-    act = measure.activation_bytes(model, lambda: task.loss(batch))
-    f1, _ = nfe(model)
+    with Count(model) as counted:
+        act = measure.activation_bytes(model, lambda: task.loss(batch))
     peak = measure.peak_memory(model, lambda: task.loss(batch), device)
     return dict(activation_bytes=act, peak_memory_bytes=peak, peak_memory_method=measure.peak_memory_method(device),
-                memory_step_nfe_forward=f1 - f0)
+                memory_step_nfe_forward=counted.nfe_forward)

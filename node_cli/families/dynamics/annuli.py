@@ -14,7 +14,6 @@ import math
 import torch
 from torch import nn
 
-from ...core.solve import nfe
 from .crossing import CrossingTask
 from .models import build_model
 
@@ -49,11 +48,9 @@ class AnnuliTask(CrossingTask):
 
     @torch.no_grad()
     def evaluate(self, limit: int | None) -> dict:
-        f0, _ = nfe(self.model)
         out = self.predict(self.test_x)
-        f1, _ = nfe(self.model)
         return dict(test_mse=((out - self.test_y) ** 2).mean().item(),
-                    test_accuracy=(out.sign() == self.test_y).float().mean().item(), eval_nfe_forward=f1 - f0)
+                    test_accuracy=(out.sign() == self.test_y).float().mean().item())
 
     def finish(self, run) -> dict:
         import matplotlib

@@ -19,7 +19,6 @@ import torch
 from omegaconf import ListConfig
 
 from ...core.checks import ConfigError, choice, integer, number
-from ...core.solve import nfe
 from .data import SYSTEMS, TrueField, generate
 from .models import ACTIVATIONS, build_model, predict
 
@@ -78,13 +77,10 @@ class DynamicsTask:
     @torch.no_grad()
     def evaluate(self, limit: int | None) -> dict:
         data, k = self.data, self.data.n_train
-        f0, _ = nfe(self.model)
         seen, ext = predict(self.model, data)
-        f1, _ = nfe(self.model)
         self.frames.append(dict(seen=seen.cpu(), ext=ext.cpu(), field=self.model.field_at(self.grid).cpu()))
         return dict(test_mse=((ext - data.truth[k:]) ** 2).mean().item(),
-                    train_mse=((seen - data.truth[:k]) ** 2).mean().item(),
-                    eval_nfe_forward=f1 - f0)
+                    train_mse=((seen - data.truth[:k]) ** 2).mean().item())
 
     def memory_batch(self):
         return self.batch()

@@ -30,7 +30,7 @@ from omegaconf import ListConfig
 
 from ...core.checks import ConfigError, boolean, choice, integer, number, positive
 from ...core.progress import bar
-from ...core.solve import nfe
+from ...core.meter import Count
 from . import data as toy2d
 from . import toys
 from .ffjord import ACTIVATIONS, LOSSES, NOISES, TRACES, build_ffjord
@@ -121,8 +121,7 @@ class FlowTask:
     def evaluate(self, limit: int | None) -> dict:
         self.model.eval()
         n = len(self.test) if limit is None else min(limit, len(self.test))
-        values, chunks = [], 0
-        f0, _ = nfe(self.model)
+        values = []
         regs = dict(kinetic=[], jacobian=[])
         with self.eval_solver():
             for i in bar(range(0, n, EVAL_CHUNK), self.cfg.trainer.get("progress", True), desc="evaluation",
@@ -137,16 +136,14 @@ class FlowTask:
                     values.append(log_q + self.energy(x))
                 else:              # -log p(x) on held-out data
                     values.append(-self.model.log_prob(batch))
-                chunks += 1
-            f1, _ = nfe(self.model)
-            if self.ffjord:   # sampling alone: the same number of base points pushed to the data, no trace
-                for i in range(0, n, EVAL_CHUNK):
-                    self.model.generate(self.base[i:min(i + EVAL_CHUNK, n)])
-                sample_nfe = (nfe(self.model)[0] - f1) / chunks
+            if self.ffjord:   # sampling alone: the same number of base points pushed to the data, no trace; its
+                with Count(self.model, aside=True) as sampling:   # solves are not the evaluation's eval_nfe_forward
+                    for i in range(0, n, EVAL_CHUNK):
+                        self.model.generate(self.base[i:min(i + EVAL_CHUNK, n)])
         self.model.train()
         v = torch.cat(values).double()
         mean, stderr = v.mean().item(), (v.std() / math.sqrt(n)).item() if n > 1 else float("nan")
-        out = dict(test_examples=n, eval_nfe_forward=(f1 - f0) / chunks)
+        out = dict(test_examples=n)
         if self.density:
             out.update(test_kl=mean + self.log_z, test_kl_stderr=stderr, test_kl_unnormalized=mean, log_z=self.log_z)
         else:
@@ -154,7 +151,7 @@ class FlowTask:
                        test_nll_data=None if self.data_nll is None else self.data_nll[:n].mean().item())
         if self.ffjord:
             out.update(test_kinetic=sum(regs["kinetic"]) / n, test_jacobian=sum(regs["jacobian"]) / n,
-                       t1=float(self.model.t1.detach()), eval_nfe_sample=sample_nfe)
+                       t1=float(self.model.t1.detach()), eval_nfe_sample=sampling.per_solve)
             if self.model.regularised:
                 steps = max(self.reg_steps, 1)
                 out.update({f"train_{k}": float(v) / steps for k, v in self.reg_sums.items()})

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ...core.checks import boolean, choice, integer, one_line, positive, text
 from ...core.progress import bar
-from ...core.solve import ODEBlock, nfe
+from ...core.solve import ODEBlock
 from .data import default_root, load_mnist
 from .models import MODELS, build_mnist_model
 
@@ -111,17 +111,14 @@ class MnistTask:
     def evaluate(self, limit: int | None) -> dict:
         self.model.eval()
         n = len(self.test_x) if limit is None else min(limit, len(self.test_x))
-        wrong, loss, batches = 0, 0.0, 0
-        f0, _ = nfe(self.model)
+        wrong, loss = 0, 0.0
         for i in bar(range(0, n, EVAL_BATCH), self.progress, desc="evaluation", unit="batch", leave=False):
             x, y = self.images(self.test_x[i:i + EVAL_BATCH][: n - i]), self.test_y[i:i + EVAL_BATCH][: n - i]
             logits = self.model(self.inputs(x))
             wrong += (logits.argmax(1) != y).sum().item()
             loss += F.cross_entropy(logits, y, reduction="sum").item()
-            batches += 1
-        f1, _ = nfe(self.model)
         self.model.train()
-        return dict(test_error=wrong / n, test_loss=loss / n, test_examples=n, eval_nfe_forward=(f1 - f0) / batches)
+        return dict(test_error=wrong / n, test_loss=loss / n, test_examples=n)
 
     def memory_batch(self):
         idx = torch.arange(self.batch_size, device=self.device)
