@@ -93,12 +93,14 @@ def _fast_perturb_forward(self, t, y, *, perturb=None):
     return self.base_func(t, y)
 
 
+_SHARED_TABLEAUS: dict = {}   # (solver class, dtype, device) -> the tableau its solves share
 _TABLEAUS: dict = {}   # id(tableau.alpha) -> (weakref, alpha as floats, rows, rows concatenated, lengths, fsal)
 
 
 def _tableau(tableau):
     """What a step needs of a tableau, computed once per tableau object: the stage times as floats, the rows
-    (beta..., c_sol, c_error) as tensors, also concatenated, their lengths, and whether y1 is the last stage's input (dopri5's first-same-as-last)."""
+    (beta..., c_sol, c_error) as tensors, also concatenated, their lengths, and whether y1 is the last stage's
+    input (dopri5's first-same-as-last)."""
     import weakref
 
     entry = _TABLEAUS.get(id(tableau.alpha))
@@ -459,6 +461,10 @@ def _register() -> dict:
         self.row_times = row_times   # `solve_rows`: each row's own output times
         self.first_step_grad = first_step_grad
         super(type(self), self).__init__(func, *args, **kwargs)
+        # torchdiffeq converts the class's tableau to the state's dtype and device for every solve; the first
+        # conversion is kept and shared (the same values), so `_tableau`'s per-tableau work is done once
+        key = (type(self), self.tableau.alpha.dtype, self.tableau.alpha.device)
+        self.tableau = _SHARED_TABLEAUS.setdefault(key, self.tableau)
 
     # solver.first_step_grad=false: torchdiffeq's first-step estimate made without a graph (see _constant_first_step)
     before = base._before_integrate
