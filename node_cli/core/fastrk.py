@@ -189,7 +189,8 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     from torchdiffeq._impl.misc import Perturb
     from torchdiffeq._impl.rk_common import _runge_kutta_step
 
-    if dt.requires_grad and not LIGHT_GRAPH:
+    light = LIGHT_GRAPH and not y0.is_complex()   # complex states: the recorded ops (conjugate gradients)
+    if dt.requires_grad and not light:
         y1, f1, y1_error, k = _runge_kutta_step(func, y0, f0, t0, dt, t1, tableau)
         return y1, f1, y1_error, list(k.unbind(-1))
     alpha, rows, cat, sizes, fsal = _tableau(tableau)
@@ -207,7 +208,7 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
             ti, perturb = t1, Perturb.PREV
         else:
             ti, perturb = t0 + alpha_i * dt, Perturb.NONE
-        if LIGHT_GRAPH:
+        if light:
             yi = _stage_sum(coeffs[i], rows[i], dt, buffer, y0, ks)
         else:
             yi = _combine(ks, coeffs[i], base=y0)
@@ -215,7 +216,7 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
         if buffer is not None:
             buffer[..., i + 1] = ks[-1].detach()
     if not fsal:
-        yi = _stage_sum(coeffs[-2], rows[-2], dt, buffer, y0, ks) if LIGHT_GRAPH else _combine(ks, coeffs[-2], y0)
+        yi = _stage_sum(coeffs[-2], rows[-2], dt, buffer, y0, ks) if light else _combine(ks, coeffs[-2], y0)
     with torch.no_grad():
         if buffer is None:
             error = _combine(ks, coeffs[-1])
@@ -280,6 +281,7 @@ class _DenseOutput(torch.autograd.Function):
         return torch.mm(weights, values).view(len(rows), *y0.shape)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable   # the weights are floats of x: no second derivative in x
     def backward(ctx, g):
         weights, values = ctx.saved_tensors
         grad = g.reshape(len(weights), -1)
