@@ -134,44 +134,43 @@ class _StageSum(torch.autograd.Function):
     """One stage combination of a Runge-Kutta step, base + sum_j c_j k_j with c_j = beta_j dt, as ONE autograd node
     (recorded op by op it is about i multiplies, i sums and their nodes, each a few microseconds on a small state).
 
-    forward(coeffs, beta, dt, buffer, base, *ks): `buffer` None: the fast in-place sum (`_combine`) with the float32
-    coefficients `coeffs` (c_j as Python floats); otherwise torchdiffeq's own ops on its stage-last buffer,
-    base + (buffer[..., :n] * (beta * dt)).sum(-1) with `beta` the tableau row (a tensor), the stages k_j written
-    into the buffer without a graph: what a step whose dt carries a gradient uses, so that its values are
-    torchdiffeq's to the bit. backward: the same linear map transposed: grad k_j = c_j g, grad base = g, and where
-    dt needs one, grad dt = sum_j beta_j <g, k_j> (torchdiffeq differentiates c = beta * dt)."""
+    forward(coeffs, c, beta, dt, buffer, base, *ks), with c = beta * dt (a tensor of the state's dtype) and coeffs
+    its values as Python floats: `buffer` None: the fast in-place sum (`_combine`); otherwise torchdiffeq's own ops
+    on its stage-last buffer, base + (buffer[..., :n] * c).sum(-1), the stages k_j written into the buffer without a
+    graph: what a step whose dt carries a gradient uses, so that its values are torchdiffeq's to the bit. backward:
+    the same linear map transposed, in one product: grad k_j = c_j g, grad base = g, and where dt needs one,
+    grad dt = sum_j beta_j <g, k_j> (torchdiffeq differentiates c = beta * dt)."""
 
     @staticmethod
-    def forward(ctx, coeffs, beta, dt, buffer, base, *ks):
+    def forward(ctx, coeffs, c, beta, dt, buffer, base, *ks):
         if buffer is None:
             out = _combine(ks, coeffs, base=base)
         else:
-            out = base + torch.sum(buffer[..., :len(ks)] * (beta * dt), dim=-1).view_as(base)
-        ctx.coeffs = coeffs
-        if ctx.needs_input_grad[2]:
-            ctx.beta = beta
-            ctx.save_for_backward(*ks)
+            out = base + torch.sum(buffer[..., :len(ks)] * c, dim=-1).view_as(base)
+        ctx.c = c
+        if ctx.needs_input_grad[3]:
+            ctx.beta, ctx.buffer = beta, buffer   # the buffer's first n columns never change after this stage
         return out
 
     @staticmethod
     def backward(ctx, g):
         grad_dt = None
-        if ctx.needs_input_grad[2]:
-            ks = ctx.saved_tensors
-            dots = torch.mv(torch.stack([k.reshape(-1) for k in ks]), g.reshape(-1))
-            grad_dt = torch.dot(dots, ctx.beta.to(dots.dtype))
-        grads = [g * c if c != 0.0 and ctx.needs_input_grad[5 + j] else None for j, c in enumerate(ctx.coeffs)]
-        return None, None, grad_dt, None, g, *grads
+        c = ctx.c
+        if ctx.needs_input_grad[3]:
+            stages = ctx.buffer[..., :len(c)]
+            grad_dt = ((stages * g.unsqueeze(-1)).reshape(-1, len(c)).sum(0) * ctx.beta).sum()
+        grads = (g.unsqueeze(0) * c.view(-1, *[1] * g.dim())).unbind(0)
+        return None, None, None, grad_dt, None, g, *grads
 
 
-def _stage_sum(coeffs, beta, dt, buffer, base, ks):
+def _stage_sum(coeffs, c, beta, dt, buffer, base, ks):
     """_StageSum where anything needs a gradient; the same forward without autograd's bookkeeping elsewhere."""
     if torch.is_grad_enabled() and (dt.requires_grad or base.requires_grad or any(k.requires_grad for k in ks)):
-        return _StageSum.apply(coeffs, beta, dt, buffer, base, *ks)
+        return _StageSum.apply(coeffs, c, beta, dt, buffer, base, *ks)
     if buffer is None:
         return _combine(ks, coeffs, base=base)
     with torch.no_grad():
-        return base + torch.sum(buffer[..., :len(ks)] * (beta * dt), dim=-1).view_as(base)
+        return base + torch.sum(buffer[..., :len(ks)] * c, dim=-1).view_as(base)
 
 
 def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
@@ -196,11 +195,14 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     alpha, rows, cat, sizes, fsal = _tableau(tableau)
     t_dtype = _real_dtype(y0)
     t0, dt, t1 = t0.to(t_dtype), dt.to(t_dtype), t1.to(t_dtype)
-    coeffs = _split((cat * dt.detach()).tolist(), sizes)   # one host read
+    scaled = cat * dt.detach()
+    coeffs = _split(scaled.tolist(), sizes)   # one host read
+    cs = _split(scaled, sizes)
     buffer = None
-    if dt.requires_grad:   # torchdiffeq's buffer and op order, filled without a graph
+    if dt.requires_grad:   # torchdiffeq's buffer, coefficients and op order, filled without a graph
         buffer = torch.empty(*f0.shape, len(alpha) + 1, dtype=y0.dtype, device=y0.device)
         buffer[..., 0] = f0.detach()
+        cs = [row * dt.detach() for row in rows]
     ks = [f0]
     yi = y0
     for i, alpha_i in enumerate(alpha):
@@ -209,19 +211,19 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
         else:
             ti, perturb = t0 + alpha_i * dt, Perturb.NONE
         if light:
-            yi = _stage_sum(coeffs[i], rows[i], dt, buffer, y0, ks)
+            yi = _stage_sum(coeffs[i], cs[i], rows[i], dt, buffer, y0, ks)
         else:
             yi = _combine(ks, coeffs[i], base=y0)
         ks.append(func(ti, yi, perturb=perturb))
         if buffer is not None:
             buffer[..., i + 1] = ks[-1].detach()
     if not fsal:
-        yi = _stage_sum(coeffs[-2], rows[-2], dt, buffer, y0, ks) if light else _combine(ks, coeffs[-2], y0)
+        yi = _stage_sum(coeffs[-2], cs[-2], rows[-2], dt, buffer, y0, ks) if light else _combine(ks, coeffs[-2], y0)
     with torch.no_grad():
         if buffer is None:
             error = _combine(ks, coeffs[-1])
         else:
-            error = torch.sum(buffer * (dt.detach() * rows[-1]), dim=-1)
+            error = torch.sum(buffer * (dt.detach() * rows[-1]), dim=-1)   # torchdiffeq's dt * c_error
     return yi, ks[-1], error, ks
 
 

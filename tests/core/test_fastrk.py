@@ -351,7 +351,8 @@ def test_stage_sum_node_differentiates_like_finite_differences_and_torchdiffeqs_
 
     def node(dt, y0, *ks):
         buffer = torch.stack([k.detach() for k in ks], -1) if with_dt_grad else None
-        return fastrk._StageSum.apply((beta * dt.detach()).tolist(), beta, dt, buffer, y0, *ks)
+        c = beta * dt.detach()
+        return fastrk._StageSum.apply(c.tolist(), c, beta, dt, buffer, y0, *ks)
 
     inputs = (dt, y0, *ks)
     recorded = y0 + sum(b * dt * k for b, k in zip(beta, ks))
