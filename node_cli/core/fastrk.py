@@ -15,6 +15,14 @@ with only its `_runge_kutta_step` (and `_compute_error_ratio`) globals swapped, 
 rejection, dense output and the adjoint are untouched. Same trajectory up to float rounding (summation order),
 hence the same NFE except at a knife-edge accept/reject decision.
 
+Backprop through the solver (no adjoint) records a light graph (`LIGHT_GRAPH`): each stage combination is one
+autograd node (`_StageSum`, whose backward is the transposed linear map) and each step's dense output another
+(`_DenseOutput`: one matrix product, gradients for the states and for the times and step size where they carry
+one), instead of tens of recorded scalar-times-tensor ops per step. A step whose dt carries a gradient (the first:
+torchdiffeq differentiates its first step size) computes its values with torchdiffeq's own ops on its stage-last
+buffer, so they are torchdiffeq's to the bit, in the same one node per stage; the gradients agree to rounding.
+The adjoint's solves run without a graph and take the same arithmetic without the nodes.
+
 This reaches into torchdiffeq's private layout, so it is guarded three ways:
 - registered on first use (`method(name)`), never at import: other torchdiffeq users in the process see nothing
   until an ODE block asks for it, and then only new method names (`dopri5+fastrk`, ...) are added;
@@ -35,6 +43,8 @@ import torchdiffeq
 SUFFIX = "+fastrk"        # torchdiffeq method name of an adaptive Runge-Kutta solver with fast stage arithmetic
 TESTED = ("0.2.5",)       # torchdiffeq versions whose private layout this module was checked against
 _FAST: dict | None = None  # method -> its fast name, once registered ({} when it fell back)
+LIGHT_GRAPH = True         # one autograd node per stage sum and per step's dense output (False: the older recorded
+                           # op-by-op graph; kept for A/B measurements and tests, not a user setting)
 
 
 # Fast stage arithmetic for torchdiffeq's adaptive Runge-Kutta solvers (dopri5, dopri8, bosh3, fehlberg2,
@@ -91,21 +101,22 @@ def _fast_perturb_forward(self, t, y, *, perturb=None):
     return self.base_func(t, y)
 
 
-_TABLEAUS: dict = {}   # id(tableau.alpha) -> (weakref to it, alpha as floats, stacked rows, row lengths, fsal)
+_SHARED_TABLEAUS: dict = {}   # (solver class, dtype, device) -> the tableau its solves share
+_TABLEAUS: dict = {}   # id(tableau.alpha) -> (weakref, alpha as floats, rows, rows concatenated, lengths, fsal)
 
 
 def _tableau(tableau):
     """What a step needs of a tableau, computed once per tableau object: the stage times as floats, the rows
-    (beta..., c_sol, c_error) concatenated and their lengths, and whether y1 is the last stage's input (dopri5's
-    first-same-as-last)."""
+    (beta..., c_sol, c_error) as tensors, also concatenated, their lengths, and whether y1 is the last stage's
+    input (dopri5's first-same-as-last)."""
     import weakref
 
     entry = _TABLEAUS.get(id(tableau.alpha))
     if entry is None or entry[0]() is not tableau.alpha:
         rows = [*tableau.beta, tableau.c_sol, tableau.c_error]
-        cat = torch.cat(rows)
         fsal = bool(tableau.c_sol[-1] == 0 and (tableau.c_sol[:-1] == tableau.beta[-1]).all())
-        entry = (weakref.ref(tableau.alpha), tableau.alpha.tolist(), cat, [len(r) for r in rows], fsal)
+        entry = (weakref.ref(tableau.alpha), tableau.alpha.tolist(), rows, torch.cat(rows), [len(r) for r in rows],
+                 fsal)
         _TABLEAUS.clear() if len(_TABLEAUS) > 64 else None
         _TABLEAUS[id(tableau.alpha)] = entry
     return entry[1:]
@@ -119,25 +130,79 @@ def _split(flat, sizes):
     return out
 
 
+class _StageSum(torch.autograd.Function):
+    """One stage combination of a Runge-Kutta step, base + sum_j c_j k_j with c_j = beta_j dt, as ONE autograd node
+    (recorded op by op it is about i multiplies, i sums and their nodes, each a few microseconds on a small state).
+
+    forward(coeffs, c, beta, dt, buffer, base, *ks), with c = beta * dt (a tensor of the state's dtype) and coeffs
+    its values as Python floats: `buffer` None: the fast in-place sum (`_combine`); otherwise torchdiffeq's own ops
+    on its stage-last buffer, base + (buffer[..., :n] * c).sum(-1), the stages k_j written into the buffer without a
+    graph: what a step whose dt carries a gradient uses, so that its values are torchdiffeq's to the bit. backward:
+    the same linear map transposed, in one product: grad k_j = c_j g, grad base = g, and where dt needs one,
+    grad dt = sum_j beta_j <g, k_j> (torchdiffeq differentiates c = beta * dt)."""
+
+    @staticmethod
+    def forward(ctx, coeffs, c, beta, dt, buffer, base, *ks):
+        if buffer is None:
+            out = _combine(ks, coeffs, base=base)
+        else:
+            out = base + torch.sum(buffer[..., :len(ks)] * c, dim=-1).view_as(base)
+        ctx.c = c
+        if ctx.needs_input_grad[3]:
+            ctx.beta, ctx.buffer = beta, buffer   # the buffer's first n columns never change after this stage
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        grad_dt = None
+        c = ctx.c
+        if ctx.needs_input_grad[3]:
+            stages = ctx.buffer[..., :len(c)]
+            grad_dt = ((stages * g.unsqueeze(-1)).reshape(-1, len(c)).sum(0) * ctx.beta).sum()
+        grads = (g.unsqueeze(0) * c.view(-1, *[1] * g.dim())).unbind(0)
+        return None, None, None, grad_dt, None, g, *grads
+
+
+def _stage_sum(coeffs, c, beta, dt, buffer, base, ks):
+    """_StageSum where anything needs a gradient; the same forward without autograd's bookkeeping elsewhere."""
+    if torch.is_grad_enabled() and (dt.requires_grad or base.requires_grad or any(k.requires_grad for k in ks)):
+        return _StageSum.apply(coeffs, c, beta, dt, buffer, base, *ks)
+    if buffer is None:
+        return _combine(ks, coeffs, base=base)
+    with torch.no_grad():
+        return base + torch.sum(buffer[..., :len(ks)] * c, dim=-1).view_as(base)
+
+
 def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     """Drop-in for torchdiffeq's `_runge_kutta_step`; returns the stages as a list instead of a stacked buffer.
 
     The stage inputs y0 + sum_j (beta_ij dt) k_j use torchdiffeq's coefficients beta_ij * dt (in the state's dtype),
-    read once per step; the error estimate is formed without a graph (it only steers the step size). When dt itself
-    carries a gradient (backprop through the solver: torchdiffeq's first step size is computed from y0 and f0 with
-    autograd on), torchdiffeq's own arithmetic runs: that gradient path is kept as is, and a first step is often so
-    small that its error estimate is a cancellation at rounding level, which any other summation order would change.
+    read once per step, each stage combination one autograd node (`_StageSum`); the error estimate is formed
+    without a graph (it only steers the step size, which torchdiffeq computes without gradients too). When dt
+    itself carries a gradient (backprop through the solver: torchdiffeq's first step size is computed from y0 and
+    f0 with autograd on), the stage sums and the error estimate are torchdiffeq's own ops on its stage-last buffer
+    (a first step is often so small that its error estimate is a cancellation at rounding level, which any other
+    summation order would change), still one node per stage, with dt's gradient. `LIGHT_GRAPH = False`: the
+    previous arithmetic (each stage sum recorded op by op; torchdiffeq's own step when dt carries a gradient).
     """
     from torchdiffeq._impl.misc import Perturb
     from torchdiffeq._impl.rk_common import _runge_kutta_step
 
-    if dt.requires_grad:
+    light = LIGHT_GRAPH and not y0.is_complex()   # complex states: the recorded ops (conjugate gradients)
+    if dt.requires_grad and not light:
         y1, f1, y1_error, k = _runge_kutta_step(func, y0, f0, t0, dt, t1, tableau)
         return y1, f1, y1_error, list(k.unbind(-1))
-    alpha, cat, sizes, fsal = _tableau(tableau)
+    alpha, rows, cat, sizes, fsal = _tableau(tableau)
     t_dtype = _real_dtype(y0)
     t0, dt, t1 = t0.to(t_dtype), dt.to(t_dtype), t1.to(t_dtype)
-    coeffs = _split((cat * dt).tolist(), sizes)   # one host read
+    scaled = cat * dt.detach()
+    coeffs = _split(scaled.tolist(), sizes)   # one host read
+    cs = _split(scaled, sizes)
+    buffer = None
+    if dt.requires_grad:   # torchdiffeq's buffer, coefficients and op order, filled without a graph
+        buffer = torch.empty(*f0.shape, len(alpha) + 1, dtype=y0.dtype, device=y0.device)
+        buffer[..., 0] = f0.detach()
+        cs = [row * dt.detach() for row in rows]
     ks = [f0]
     yi = y0
     for i, alpha_i in enumerate(alpha):
@@ -145,12 +210,20 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
             ti, perturb = t1, Perturb.PREV
         else:
             ti, perturb = t0 + alpha_i * dt, Perturb.NONE
-        yi = _combine(ks, coeffs[i], base=y0)
+        if light:
+            yi = _stage_sum(coeffs[i], cs[i], rows[i], dt, buffer, y0, ks)
+        else:
+            yi = _combine(ks, coeffs[i], base=y0)
         ks.append(func(ti, yi, perturb=perturb))
+        if buffer is not None:
+            buffer[..., i + 1] = ks[-1].detach()
     if not fsal:
-        yi = _combine(ks, coeffs[-2], base=y0)
+        yi = _stage_sum(coeffs[-2], cs[-2], rows[-2], dt, buffer, y0, ks) if light else _combine(ks, coeffs[-2], y0)
     with torch.no_grad():
-        error = _combine(ks, coeffs[-1])
+        if buffer is None:
+            error = _combine(ks, coeffs[-1])
+        else:
+            error = torch.sum(buffer * (dt.detach() * rows[-1]), dim=-1)   # torchdiffeq's dt * c_error
     return yi, ks[-1], error, ks
 
 
@@ -165,30 +238,85 @@ def _fast_optimal_step_size(last_step, error_ratio, safety, ifactor, dfactor, or
     return last_step * min(float(ifactor), max(float(safety) / ratio ** (1.0 / order), low))
 
 
+def _dense_weights(xs, dt, mid, derivatives=False):
+    """The weights of (y0, y1, k_0 ... k_s) in torchdiffeq's fourth-order dense output at the positions xs (floats
+    in [0, 1]) of a step of size dt: p(x) = e + d x + c x^2 + b x^3 + a x^4 is linear in y0, y1,
+    y_mid = y0 + dt sum_j mid_j k_j, f0 = k_0 and f1 = k_s, so each weight is a scalar polynomial in x (times dt
+    for the stages). With `derivatives`, also their derivatives in x and in dt (the stages' weights over dt)."""
+    rows, by_x, by_dt = [], [], []
+    for xi in xs:
+        x2 = xi * xi
+        x3, x4 = x2 * xi, x2 * x2
+        w_mid = 16 * x2 - 32 * x3 + 16 * x4
+        per_dt = [w_mid * m for m in mid]
+        per_dt[0] += xi - 4 * x2 + 5 * x3 - 2 * x4                            # f0 = k_0
+        per_dt[-1] += x2 - 3 * x3 + 2 * x4                                    # f1 = k_s
+        rows.append([1 - 11 * x2 + 18 * x3 - 8 * x4 + w_mid, -5 * x2 + 14 * x3 - 8 * x4]
+                    + [dt * w for w in per_dt])
+        if derivatives:
+            d_mid = 32 * xi - 96 * x2 + 64 * x3
+            d_dt = [d_mid * m for m in mid]
+            d_dt[0] += 1 - 8 * xi + 15 * x2 - 8 * x3
+            d_dt[-1] += 2 * xi - 9 * x2 + 8 * x3
+            by_x.append([-22 * xi + 54 * x2 - 32 * x3 + d_mid, -10 * xi + 42 * x2 - 32 * x3]
+                        + [dt * w for w in d_dt])
+            by_dt.append([0.0, 0.0] + per_dt)
+    return rows, by_x, by_dt
+
+
+class _DenseOutput(torch.autograd.Function):
+    """A step's dense output at the positions x [m] as one matrix product of `_dense_weights` with the step's
+    (y0, y1, k_0 ... k_s), and ONE autograd node: forward(x, dt, mid, y0, y1, *ks) -> [m, *y0.shape]. Its backward
+    is the transposed product for the states, and the weights' derivatives for x and dt when they carry a gradient
+    (after a first step size with one, every later time does): torchdiffeq fits the polynomial and evaluates it in
+    about forty recorded ops, each its own node."""
+
+    @staticmethod
+    def forward(ctx, x, dt, mid, y0, *states):
+        xs, dtf = x.tolist(), float(dt)
+        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        rows, by_x, by_dt = _dense_weights(xs, dtf, mid, derivatives=need)
+        weights = torch.tensor(rows, dtype=y0.dtype, device=y0.device)
+        values = torch.stack([y0, *states]).reshape(len(states) + 1, -1)
+        ctx.shape, ctx.derivatives = y0.shape, (by_x, by_dt)
+        ctx.save_for_backward(weights, values if need else None)
+        return torch.mm(weights, values).view(len(rows), *y0.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable   # the weights are floats of x: no second derivative in x
+    def backward(ctx, g):
+        weights, values = ctx.saved_tensors
+        grad = g.reshape(len(weights), -1)
+        grad_values = torch.mm(weights.t(), grad).view(len(weights.t()), *ctx.shape).unbind(0)
+        grad_x = grad_dt = None
+        if values is not None:
+            by_weight = torch.mm(grad, values.t())                            # d loss / d weight [m, s + 2]
+            by_x, by_dt = (torch.tensor(d, dtype=grad.dtype, device=grad.device) for d in ctx.derivatives)
+            if ctx.needs_input_grad[0]:
+                grad_x = (by_weight * by_x).sum(1)
+            if ctx.needs_input_grad[1]:
+                grad_dt = (by_weight * by_dt).sum()
+        return grad_x, grad_dt, None, *grad_values
+
+
 class _LazyInterp(Sequence):
     """The dense-output coefficients of one accepted step, computed the first time they are read: a solve asked
     for its value at t1 only interpolates in its last step, so the fits of all earlier steps are never needed."""
 
     def __init__(self, fit, step=None):
         self._fit, self._coefficients = fit, None
-        self.step = step   # (y0, y1, stages, dt as a float, mid as floats) when dt carries no gradient, else None
+        self.step = step   # (y0, y1, stages, dt (a tensor of the state's dtype), mid as floats), None: complex
 
     def at(self, x: torch.Tensor) -> torch.Tensor:
-        """The polynomial at the positions x [m] (in [0, 1], no gradient) as one matrix product of fixed weights with
-        the step's (y0, y1, k_0 ... k_s): torchdiffeq's fourth-order fit, p(x) = e + d x + c x^2 + b x^3 + a x^4,
-        is linear in y0, y1, y_mid = y0 + dt sum_j mid_j k_j, f0 = k_0 and f1 = k_s, so the weights of each are
-        scalar polynomials in x. The same values up to rounding, without the fit's and the evaluation's ops."""
+        """The polynomial at the positions x [m] (in [0, 1]) as one matrix product of fixed weights with the step's
+        (y0, y1, k_0 ... k_s) (`_dense_weights`, `_DenseOutput`). The same values as torchdiffeq's fit and
+        evaluation up to rounding, without their ops; gradients for the states, and for x and dt where they carry
+        one."""
         y0, y1, ks, dt, mid = self.step
-        rows = []
-        for xi in x.tolist():
-            x2 = xi * xi
-            x3, x4 = x2 * xi, x2 * x2
-            w_mid = 16 * x2 - 32 * x3 + 16 * x4
-            row = [1 - 11 * x2 + 18 * x3 - 8 * x4 + w_mid, -5 * x2 + 14 * x3 - 8 * x4]
-            row += [w_mid * dt * m for m in mid]
-            row[2] += dt * (xi - 4 * x2 + 5 * x3 - 2 * x4)                    # f0 = k_0
-            row[-1] += dt * (x2 - 3 * x3 + 2 * x4)                            # f1 = k_s
-            rows.append(row)
+        x = x.to(y0.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or dt.requires_grad):
+            return _DenseOutput.apply(x, dt, mid, y0, y1, *ks)
+        rows = _dense_weights(x.tolist(), float(dt), mid)[0]
         weights = torch.tensor(rows, dtype=y0.dtype, device=y0.device)
         values = torch.stack([y0, y1, *ks]).reshape(len(ks) + 2, -1)
         return torch.mm(weights, values).view(len(rows), *y0.shape)
@@ -216,8 +344,8 @@ def _fast_interp_fit(self, y0, y1, k, dt):
             y_mid = _combine(k, (dt_ * self.mid).tolist(), base=y0)
         return _interp_fit(y0, y1, y_mid, k[0], k[-1], dt_)
 
-    plain = not dt.requires_grad and not y0.is_complex() and len(self.mid) == len(k)
-    return _LazyInterp(fit, (y0, y1, k, float(dt), self.mid.tolist()) if plain else None)
+    plain = (LIGHT_GRAPH or not dt.requires_grad) and not y0.is_complex() and len(self.mid) == len(k)
+    return _LazyInterp(fit, (y0, y1, k, dt.type_as(y0), self.mid.tolist()) if plain else None)
 
 
 def _fast_integrate(self, t):
@@ -242,7 +370,8 @@ def _fast_integrate(self, t):
         j = i + int((t[i:] <= state.t1).sum())           # every requested time inside this step (t increases)
         coefficients = state.interp_coeff
         x = (t[i:j] - state.t0) / (state.t1 - state.t0)
-        if isinstance(coefficients, _LazyInterp) and coefficients.step is not None and not x.requires_grad:
+        if isinstance(coefficients, _LazyInterp) and coefficients.step is not None and (
+                LIGHT_GRAPH or not x.requires_grad):
             pieces.append(coefficients.at(x))
         else:
             pieces.append(_evaluate(coefficients, x.to(coefficients[0].dtype).view(-1, *[1] * y0.dim())))
@@ -344,6 +473,10 @@ def _register() -> dict:
         self.row_times = row_times   # `solve_rows`: each row's own output times
         self.first_step_grad = first_step_grad
         super(type(self), self).__init__(func, *args, **kwargs)
+        # torchdiffeq converts the class's tableau to the state's dtype and device for every solve; the first
+        # conversion is kept and shared (the same values), so `_tableau`'s per-tableau work is done once
+        key = (type(self), self.tableau.alpha.dtype, self.tableau.alpha.device)
+        self.tableau = _SHARED_TABLEAUS.setdefault(key, self.tableau)
 
     # solver.first_step_grad=false: torchdiffeq's first-step estimate made without a graph (see _constant_first_step)
     before = base._before_integrate

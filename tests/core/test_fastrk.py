@@ -267,3 +267,181 @@ def test_first_step_without_gradient_is_torchdiffeq_given_that_first_step(solver
     for a, b in zip(g_grads, grads):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
     assert any((a - b).abs().max() > 1e-12 for a, b in zip(d_grads, grads))   # torchdiffeq's differs: dt0's path
+
+
+# One autograd node per stage sum and per step's dense output (fastrk._StageSum, fastrk._DenseOutput)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _graph_nodes(out, leave_out=()):
+    """The autograd nodes the backward of `out` would run (a walk of its grad_fn graph), those whose kind is in
+    `leave_out` left out."""
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo += [n for n, _ in node.next_functions]
+    return len([n for n in seen if type(n).__name__ not in leave_out])
+
+
+class Accepted(nn.Module):
+    """Decay's field that records (t0, y0, dt) of every accepted step (torchdiffeq's callback)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.inner, self.steps = Decay(dim), []
+
+    def forward(self, t, y):
+        return self.inner(t, y)
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.steps.append((t0.detach().clone(), y0.detach().clone(), dt.detach().clone()))
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "fehlberg2"])
+def test_light_graph_takes_torchdiffeqs_steps_with_its_first_step_to_the_bit_and_its_gradients(method, monkeypatch):
+    """Backprop through the solver in float32, the dynamics family's setting: torchdiffeq differentiates its
+    first step size, so that step runs torchdiffeq's own ops in one node per stage. Against torchdiffeq's own
+    method on a fixed field: the same accepted steps and NFE, the first step's result to the bit (the next step
+    starts from it), the solution and gradients (y0, parameters) to float32 rounding. The later steps' sizes
+    follow float32 error estimates that are mostly rounding (a sum of stages that cancels to ~1e-6), so they move
+    by ~1e-4 with any other summation order: there the light graph is to the bit the op-by-op fast arithmetic."""
+    import torchdiffeq
+
+    y0 = torch.randn(20, 1, 2, generator=torch.Generator().manual_seed(5))
+    t = torch.linspace(0, 1.5, 10)
+    runs = {}
+    for label, name, light in (("plain", method, True), ("recorded", fastrk.method(method), False),
+                               ("light", fastrk.method(method), True)):
+        monkeypatch.setattr(fastrk, "LIGHT_GRAPH", light)
+        field = Accepted(2)
+        counted = [0]
+
+        def f(t_, y_, field=field):
+            counted[0] += 1
+            return field(t_, y_)
+        f.callback_accept_step = field.callback_accept_step
+        y = y0.clone().requires_grad_(True)
+        out = torchdiffeq.odeint(f, y, t, rtol=1e-5, atol=1e-6, method=name)
+        (out.pow(2).sum() + out.sum()).backward()
+        runs[label] = (field.steps, counted[0], out.detach(), [y.grad] + [p.grad for p in field.parameters()])
+    (p_steps, p_nfe, p_out, p_grads), (f_steps, f_nfe, f_out, f_grads) = runs["plain"], runs["light"]
+    assert f_nfe == p_nfe and len(f_steps) == len(p_steps) >= 3
+    assert torch.equal(f_steps[0][2], p_steps[0][2]) and torch.equal(f_steps[1][1], p_steps[1][1])  # to the bit
+    for (_, _, dt_a), (_, _, dt_b) in zip(p_steps, f_steps):
+        torch.testing.assert_close(dt_b, dt_a, rtol=1e-2, atol=0)
+    for a, b in zip(runs["recorded"][0], f_steps):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    torch.testing.assert_close(f_out, p_out, rtol=1e-5, atol=1e-6)
+    for a, b in zip(p_grads, f_grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+@pytest.mark.parametrize("with_dt_grad", [False, True])
+def test_stage_sum_node_differentiates_like_finite_differences_and_torchdiffeqs_ops(with_dt_grad):
+    """One stage sum y0 + sum_j (beta_j dt) k_j as one node, in its fast form (float coefficients) and in
+    torchdiffeq's form (its stage-last buffer, dt carrying a gradient): values and gradients against the same sum
+    recorded op by op, and gradcheck (finite differences) in float64."""
+    g = torch.Generator().manual_seed(7)
+    beta = torch.tensor([0.3, 0.0, -0.7, 1.1], dtype=torch.float64)
+    dt = torch.tensor(0.25, dtype=torch.float64, requires_grad=with_dt_grad)
+    y0 = torch.randn(3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    ks = [torch.randn(3, 2, generator=g, dtype=torch.float64, requires_grad=True) for _ in beta]
+
+    def node(dt, y0, *ks):
+        buffer = torch.stack([k.detach() for k in ks], -1) if with_dt_grad else None
+        c = beta * dt.detach()
+        return fastrk._StageSum.apply(c.tolist(), c, beta, dt, buffer, y0, *ks)
+
+    inputs = (dt, y0, *ks)
+    recorded = y0 + sum(b * dt * k for b, k in zip(beta, ks))
+    torch.testing.assert_close(node(*inputs), recorded, rtol=1e-14, atol=1e-14)
+    w = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    wanted = [x for x in inputs if x.requires_grad]
+    ours = torch.autograd.grad((node(*inputs) * w).sum(), wanted, allow_unused=True)
+    theirs = torch.autograd.grad((recorded * w).sum(), wanted, allow_unused=True)
+    for a, b in zip(theirs, ours):
+        torch.testing.assert_close(torch.zeros_like(a) if b is None else b, a, rtol=1e-13, atol=1e-13)
+    assert torch.autograd.gradcheck(node, inputs)
+
+
+def test_dense_output_node_is_torchdiffeqs_fit_and_evaluation_with_gradients_through_x_and_dt():
+    """A step's dense output as one matrix product and one node, against torchdiffeq's own _interp_fit and
+    polynomial evaluation recorded op by op (values and gradients for x, dt, y0, y1 and every stage), and gradcheck
+    in float64."""
+    from torchdiffeq._impl.dopri5 import Dopri5Solver
+    from torchdiffeq._impl.interp import _interp_fit
+
+    mid = Dopri5Solver.mid.double()
+    g = torch.Generator().manual_seed(8)
+    new = dict(dtype=torch.float64, requires_grad=True)
+    y0, y1 = torch.randn(3, 2, generator=g, **new), torch.randn(3, 2, generator=g, **new)
+    ks = [torch.randn(3, 2, generator=g, **new) for _ in range(7)]
+    dt = torch.tensor(0.3, **new)
+    x = torch.tensor([0.0, 0.1, 0.5, 0.93, 1.0], **new)
+
+    def ours(x, dt, y0, y1, *ks):
+        return fastrk._DenseOutput.apply(x, dt, mid.tolist(), y0, y1, *ks)
+
+    def torchdiffeqs(x, dt, y0, y1, *ks):
+        y_mid = y0 + torch.sum(torch.stack(ks, -1) * (dt * mid), dim=-1)
+        coefficients = _interp_fit(y0, y1, y_mid, ks[0], ks[-1], dt)
+        xs = x.view(-1, 1, 1)
+        return fastrk._evaluate(coefficients, xs)
+
+    inputs = (x, dt, y0, y1, *ks)
+    torch.testing.assert_close(ours(*inputs), torchdiffeqs(*inputs), rtol=1e-13, atol=1e-13)
+    w = torch.randn(5, 3, 2, generator=g, dtype=torch.float64)
+    a = torch.autograd.grad((ours(*inputs) * w).sum(), inputs)
+    b = torch.autograd.grad((torchdiffeqs(*inputs) * w).sum(), inputs)
+    for got, want in zip(a, b):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(ours, inputs)
+
+
+def test_light_graph_records_a_few_nodes_per_step_instead_of_tens(solver_cfg, monkeypatch):
+    """The graph a backprop-through-the-solver solve leaves for backward, the field's own nodes left out (an MLP
+    whose node kinds, found by one evaluation, the solver never makes), per step: with the light graph (the
+    default) one node per stage sum and per dense output (and the solve's own few, the first step's size among
+    them: 20 per step on this 3-step solve), under a third of the nodes when each stage sum and dense output is
+    recorded op by op, and fewer again than torchdiffeq's own arithmetic; the same gradients (to rounding)."""
+    y0 = torch.randn(20, 1, 2, generator=torch.Generator().manual_seed(9))
+    t = torch.linspace(0, 1.5, 10)
+    mlp = Decay().net
+    field_kinds = {"AccumulateGrad"} | {
+        type(n).__name__ for n in _walk(mlp(torch.ones(1, 1, 2, requires_grad=True)).grad_fn)}
+    per_step, grads = {}, {}
+    for label, fast, light in (("plain", False, True), ("recorded", True, False), ("light", True, True)):
+        monkeypatch.setattr(fastrk, "LIGHT_GRAPH", light)
+        block = ODEBlock(copy.deepcopy(mlp), solver_cfg(rtol=1e-5, atol=1e-6, adjoint=False), fast_rk=fast)
+        block.field.field = FieldOf(block.field.field)
+        y = y0.clone().requires_grad_(True)
+        out = block(y, t)
+        per_step[label] = _graph_nodes(out, field_kinds) / (block.steps_accepted + block.steps_rejected)
+        out.pow(2).sum().backward()
+        grads[label] = [y.grad] + [p.grad for p in block.parameters()]
+    assert per_step["light"] * 3 < per_step["recorded"] < per_step["plain"]
+    for a, b in zip(grads["plain"], grads["light"]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+class FieldOf(nn.Module):
+    """f(t, y) = net(y)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+def _walk(fn):
+    seen, todo = set(), [fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [n for n, _ in node.next_functions]
+    return seen
