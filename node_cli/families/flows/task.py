@@ -60,8 +60,8 @@ class FlowTask:
         test_gen = torch.Generator().manual_seed(d.test_seed)
         self.test = self._draw(d.test_size, test_gen)
         self.fixed = self._draw(self.batch_size, torch.Generator().manual_seed(d.test_seed + 1))
-        # the validation split (model choice, e.g. RNODE's lambda): its own seed, drawn after the test set so
-        # that the training and test draws are what they were without it; .get: runs made before it existed
+        # the validation split (model choice, e.g. RNODE's lambda) from a generator of its own, so the training
+        # draws, the test set and the model are exactly what they are without it; .get: runs made before it existed
         val_size = 0 if self.density else d.get("val_size", 0)
         self.val = self._draw(val_size, torch.Generator().manual_seed(d.val_seed)) if val_size else None
         if self.ffjord:   # fixed base points whose push to the data (no density) is the sampling NFE

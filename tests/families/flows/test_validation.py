@@ -2,6 +2,7 @@
 other points of the same distribution as the test set, adding it changes neither the test set nor the training
 draws, val_nll is the NLL of those points computed independently (torchdiffeq on the bare field, brute-force
 trace), and node-report picks λ by validation, whatever the test numbers say."""
+import csv
 import json
 import math
 
@@ -150,7 +151,7 @@ def test_node_report_chooses_lambda_on_validation_not_on_test(tmp_path, compose)
             _fake_run(tmp_path / "runs" / f"l{lam}_s{seed}", compose, lam, seed, val + 0.01 * seed,
                       test + 0.02 * seed, nfe, eval_nfe)
     build([tmp_path / "runs"], tmp_path / "report")
-    rows = list(__import__("csv").DictReader(open(tmp_path / "report" / "ffjord_lambda_selection.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "report" / "ffjord_lambda_selection.csv")))
     assert len(rows) == 1 and rows[0]["chosen"] == "0.2/0.2" and rows[0]["seeds"] == "0 1"
     row = {k: float(rows[0][k]) for k in ("val_delta_nll", "test_delta_nll", "nfe_cut_train", "nfe_cut_eval")}
     assert row == pytest.approx(dict(val_delta_nll=0.04, test_delta_nll=0.15, nfe_cut_train=2.0, nfe_cut_eval=2.25))
