@@ -11,7 +11,7 @@ import csv
 import math
 from pathlib import Path
 
-from ...core.page import Page, mean, plt_figure, run_fields, select, steps_cell
+from ...core.page import Page, limited, mean, plt_figure, run_fields, select, steps_cell
 from ...core.tables import fmt, md_table
 from ...core.rundir import Run, read_metrics
 
@@ -239,6 +239,7 @@ def _ffjord(rep: Page, runs) -> None:
         return
     rep.add("### FFJORD: free-form CNF, Hutchinson's trace, RNODE regularisers (beyond the paper)", "")
     _ffjord_regularisation(rep, [r for r in runs if r.ok and _loss(r) == "mle"])
+    _lambda_selection(rep, [r for r in runs if r.ok and not limited(r) and _loss(r) == "mle"])
     _objectives(rep, [r for r in runs if r.ok])
     for path in traces:
         md = path.with_suffix(".md")
@@ -276,13 +277,15 @@ def _ffjord_regularisation(rep: Page, runs) -> None:
             label = "none" if lam == (0.0, 0.0) else f"kinetic {lam[0]:g}, jacobian {lam[1]:g}"
             rows_md.append([data, label, fmt(nll, ".3f") + (f" ± {r.s('test_nll_stderr'):.3f}"
                                                             if r.s("test_nll_stderr") is not None else ""),
-                            fmt(floor, ".3f"), fmt(dnll, "+.3f"), fmt(f, ".1f"), fmt(r.s("nfe_backward"), ".1f"),
+                            fmt(r.s("val_nll"), ".3f"), fmt(floor, ".3f"), fmt(dnll, "+.3f"), fmt(f, ".1f"),
+                            fmt(r.s("nfe_backward"), ".1f"),
                             fmt(ef, ".0f"), fmt(cut_train, ".2f") + ("×" if cut_train else ""),
                             fmt(cut_eval, ".2f") + ("×" if cut_eval else ""), fmt(r.s("test_kinetic"), ".3f"),
                             fmt(r.s("test_jacobian"), ".3f"), fmt(r.s("t1"), ".2f"),
                             fmt(r.s("sec_per_step"), ".3f"), f"{steps} steps", r.id])
             rows_csv.append(dict(dataset=data, kinetic=lam[0], jacobian=lam[1], trace=trace, method=method, rtol=rtol,
                                  seed=seed, steps=steps, test_nll=nll, test_nll_stderr=r.s("test_nll_stderr"),
+                                 val_nll=r.s("val_nll"), val_nll_stderr=r.s("val_nll_stderr"),
                                  test_nll_data=floor, delta_nll=dnll, nfe_forward=f, nfe_backward=r.s("nfe_backward"),
                                  eval_nfe_forward=ef, nfe_cut_train=cut_train, nfe_cut_eval=cut_eval,
                                  test_kinetic=r.s("test_kinetic"), test_jacobian=r.s("test_jacobian"), t1=r.s("t1"),
@@ -291,7 +294,8 @@ def _ffjord_regularisation(rep: Page, runs) -> None:
             curves.setdefault(data, []).append((label, read_metrics(r.path)))
             rep.mark([r], "FFJORD regularisation")
     rep.add("#### Regularisation: RNODE (kinetic + Jacobian) against unregularised FFJORD", "")
-    rep.add(*md_table(["data", "regularisers", "test NLL (nats)", "true density's NLL", "Δ NLL", "NFE-F / step",
+    rep.add(*md_table(["data", "regularisers", "test NLL (nats)", "val NLL", "true density's NLL", "Δ NLL",
+                       "NFE-F / step",
                        "NFE-B / step", "eval NFE-F", "NFE-F cut (train)", "NFE-F cut (eval)", "test ∫|f|²",
                        "test ∫|J|²_F", "t1", "s / step", "budget", "run"], rows_md))
     rep.add(f"CSV: `{rep.csv('ffjord_regularisation.csv', rows_csv)}`. NFE-F / step: mean over training; eval NFE-F: "
@@ -312,6 +316,96 @@ def _ffjord_regularisation(rep: Page, runs) -> None:
     fig.tight_layout()
     rep.add(f"NFE-F over training (train: mean per step since the previous evaluation; eval: the evaluation's "
             f"solve): ![FFJORD NFE over training]({rep.savefig(fig, 'ffjord_nfe.png')})", "")
+
+
+VAL_MARGIN = 0.05   # nats: RNODE's criterion, "within 0.05 nats of the unregularised NLL"
+
+
+def choose_lambda(val: dict, margin: float = VAL_MARGIN):
+    """The regularisation weight the validation split picks: among the λ = (λ_K, λ_J) > 0 whose mean val NLL is
+    within `margin` nats of the unregularised runs' (both means over the seeds the two share), the largest
+    (by λ_K + λ_J, then λ_K); None when none qualifies. `val` maps λ to {seed: val_nll}; (0.0, 0.0) is
+    unregularised and must be present. Chosen this way, no test number takes part in the choice."""
+    plain, chosen = val[(0.0, 0.0)], None
+    for lam, by_seed in val.items():
+        shared = [s for s in by_seed if s in plain]
+        if lam == (0.0, 0.0) or not shared:
+            continue
+        gap = sum(by_seed[s] - plain[s] for s in shared) / len(shared)
+        if gap <= margin and (chosen is None or (sum(lam), lam) > (sum(chosen), chosen)):
+            chosen = lam
+    return chosen
+
+
+def _lambda_selection(rep: Page, runs) -> None:
+    """RNODE's λ chosen on the validation split (choose_lambda), then the test NLL and NFE of that λ only,
+    against the unregularised runs of the same seeds: per data set, budget, trace, solver and flow-time setting."""
+    groups: dict[tuple, dict] = {}
+    for r in runs:
+        key = (r.c("dataset.name"), r.steps, r.c("model.trace"), r.c("solver.method"), r.c("solver.rtol"),
+               r.c("model.learn_t1"))
+        groups.setdefault(key, {}).setdefault(_lam(r), {})[r.c("seed")] = r   # one run per seed (the last found)
+    groups = {k: g for k, g in groups.items() if (0.0, 0.0) in g and len(g) > 1}
+    if not groups:
+        return
+    rows_md, rows_csv, missing = [], [], []
+    for (data, steps, trace, method, rtol, learn_t1), g in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        val = {lam: {s: r.s("val_nll") for s, r in by_seed.items() if r.s("val_nll") is not None}
+               for lam, by_seed in g.items()}
+        if not val[(0.0, 0.0)]:
+            missing.append(f"{data} ({steps} steps)")
+            continue
+        lam = choose_lambda(val)
+        tried = ", ".join(f"{k:g}/{j:g}" for k, j in sorted(g, key=lambda x: (sum(x), x)) if (k, j) != (0.0, 0.0))
+        if lam is None:
+            rows_md.append([data, steps, tried, f"none within {VAL_MARGIN:g} nats"] + [""] * 7
+                           + [rep.ids([r for by_seed in g.values() for r in by_seed.values()])])
+            rows_csv.append(dict(dataset=data, steps=steps, trace=trace, method=method, rtol=rtol,
+                                 learn_t1=learn_t1, lambdas_tried=tried, chosen=None))
+            continue
+        seeds = sorted(s for s in val[lam] if s in val[(0.0, 0.0)])
+        plain, reg = [g[(0.0, 0.0)][s] for s in seeds], [g[lam][s] for s in seeds]
+        rep.mark(plain + reg, "RNODE λ chosen on validation")
+        dval = sum(val[lam][s] - val[(0.0, 0.0)][s] for s in seeds) / len(seeds)
+        dtest = [b.s("test_nll") - a.s("test_nll") for a, b in zip(plain, reg)]
+        cut_train = mean(plain, "nfe_forward") / mean(reg, "nfe_forward")
+        cut_eval = mean(plain, "eval_nfe_forward") / mean(reg, "eval_nfe_forward")
+        close = sum(dtest) / len(dtest) <= VAL_MARGIN
+        verdict = "; ".join(f"{where}: {'yes' if close and cut >= 2 else 'no'}"
+                            for where, cut in (("train", cut_train), ("eval", cut_eval)))
+        rows_md.append([data, steps, tried, f"{lam[0]:g}/{lam[1]:g} (val Δ {dval:+.3f})", ", ".join(map(str, seeds)),
+                        _interval([r.s("test_nll") for r in plain], plain[0].s("test_nll_stderr")),
+                        _interval([r.s("test_nll") for r in reg], reg[0].s("test_nll_stderr")),
+                        ("+" if sum(dtest) >= 0 else "") + _interval(dtest, None),
+                        f"{fmt(mean(plain, 'nfe_forward'), '.1f')} → {fmt(mean(reg, 'nfe_forward'), '.1f')} "
+                        f"({cut_train:.2f}×)",
+                        f"{fmt(mean(plain, 'eval_nfe_forward'), '.0f')} → "
+                        f"{fmt(mean(reg, 'eval_nfe_forward'), '.0f')} ({cut_eval:.2f}×)", verdict, rep.ids(plain + reg)])
+        rows_csv.append(dict(dataset=data, steps=steps, trace=trace, method=method, rtol=rtol, learn_t1=learn_t1,
+                             lambdas_tried=tried, chosen=f"{lam[0]:g}/{lam[1]:g}", kinetic=lam[0], jacobian=lam[1],
+                             seeds=" ".join(map(str, seeds)), val_delta_nll=dval,
+                             test_nll_plain=mean(plain, "test_nll"), test_nll_chosen=mean(reg, "test_nll"),
+                             test_delta_nll=sum(dtest) / len(dtest), nfe_forward_plain=mean(plain, "nfe_forward"),
+                             nfe_forward_chosen=mean(reg, "nfe_forward"), nfe_cut_train=cut_train,
+                             eval_nfe_forward_plain=mean(plain, "eval_nfe_forward"),
+                             eval_nfe_forward_chosen=mean(reg, "eval_nfe_forward"), nfe_cut_eval=cut_eval,
+                             claim_train=close and cut_train >= 2, claim_eval=close and cut_eval >= 2,
+                             **run_fields(plain + reg)))
+    rep.add("#### RNODE's λ chosen on the validation split, then its test NLL and NFE", "")
+    if rows_md:
+        rep.add(*md_table(["data", "steps", "λ_K/λ_J tried", "chosen (val Δ NLL)", "seeds", "test NLL, none (95%)",
+                           "test NLL, chosen (95%)", "Δ test NLL (paired, 95%)", "NFE-F / step (cut)",
+                           "eval NFE-F (cut)", "2× at ≤ 0.05 nats?", "runs"], rows_md))
+        rep.add(f"CSV: `{rep.csv('ffjord_lambda_selection.csv', rows_csv)}`. Rule: the largest λ (λ_K + λ_J) "
+                f"whose mean validation NLL (`val_nll`, dataset.val_size points from dataset.val_seed, never the "
+                f"test set) is within {VAL_MARGIN:g} nats of the unregularised runs' over the same seeds; only that "
+                "λ's test numbers are shown. 95% intervals: Student's t over seeds, or with one seed 1.96 × the "
+                "test-set standard error; Δ test NLL: chosen minus unregularised, paired by seed (the same training "
+                "draws and test set). Cut: the unregularised mean NFE over the chosen λ's. 2× at ≤ 0.05 nats: "
+                "the mean Δ test NLL ≤ 0.05 and the cut ≥ 2×, in training and at evaluation.", "")
+    if missing:
+        rep.add(f"No λ chosen for {', '.join(missing)}: the unregularised runs have no `val_nll` (made before "
+                "dataset.val_size existed, or with dataset.val_size=0).", "")
 
 
 def _loss(run: Run) -> str:

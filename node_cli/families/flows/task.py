@@ -60,6 +60,10 @@ class FlowTask:
         test_gen = torch.Generator().manual_seed(d.test_seed)
         self.test = self._draw(d.test_size, test_gen)
         self.fixed = self._draw(self.batch_size, torch.Generator().manual_seed(d.test_seed + 1))
+        # the validation split (model choice, e.g. RNODE's lambda) from a generator of its own, so the training
+        # draws, the test set and the model are exactly what they are without it; .get: runs made before it existed
+        val_size = 0 if self.density else d.get("val_size", 0)
+        self.val = self._draw(val_size, torch.Generator().manual_seed(d.val_seed)) if val_size else None
         if self.ffjord:   # fixed base points whose push to the data (no density) is the sampling NFE
             self.base = (d.base_std * torch.randn(d.test_size, 2, generator=torch.Generator().manual_seed(
                 d.test_seed + 2))).to(device)
@@ -156,7 +160,24 @@ class FlowTask:
                 steps = max(self.reg_steps, 1)
                 out.update({f"train_{k}": float(v) / steps for k, v in self.reg_sums.items()})
                 self.reg_sums, self.reg_steps = dict(kinetic=0.0, jacobian=0.0), 0
+        out.update(self.validation(limit))
         return out
+
+    @torch.no_grad()
+    def validation(self, limit: int | None) -> dict:
+        """val_nll (and its standard error) on the first `limit` points (None: all) of the validation split,
+        computed as test_nll is (the same solver settings and, for FFJORD, the same exact-trace solve); {} without
+        a validation split. Its solves come after the evaluation's NFE counts, so they change none of them."""
+        if self.val is None:
+            return {}
+        n = len(self.val) if limit is None else min(limit, len(self.val))
+        self.model.eval()
+        with self.eval_solver():
+            v = torch.cat([-(self.model.log_prob(batch, regularise=True) if self.ffjord else self.model.log_prob(batch))
+                           for batch in self.val[:n].split(EVAL_CHUNK)]).double()
+        self.model.train()
+        return dict(val_examples=n, val_nll=v.mean().item(),
+                    val_nll_stderr=(v.std() / math.sqrt(n)).item() if n > 1 else float("nan"))
 
     def memory_batch(self):
         return self.fixed
@@ -197,6 +218,15 @@ def check(cfg) -> None:
     positive(d.get("base_std"), "dataset.base_std")
     integer(d.get("test_size"), "dataset.test_size", 1)
     integer(d.get("test_seed"), "dataset.test_seed", 0)
+    if d.name != "density" and d.get("val_size", 0):
+        integer(d.get("val_size"), "dataset.val_size", 0)
+        integer(d.get("val_seed"), "dataset.val_seed", 0)
+        taken = {cfg.get("seed"): "seed (the training draws)", d.test_seed: "dataset.test_seed (the test set)",
+                 d.test_seed + 1: "dataset.test_seed + 1 (the memory batch)",
+                 d.test_seed + 2: "dataset.test_seed + 2 (FFJORD's sampling points)"}
+        if d.val_seed in taken:
+            raise ConfigError(f"dataset.val_seed={d.val_seed} is not allowed: it is also {taken[d.val_seed]}; the "
+                              "validation split needs a seed of its own")
     if not t.max_steps:
         raise ConfigError("trainer.max_steps must be set for flow experiments: they draw fresh samples every "
                           "step, so the run length is trainer.max_steps, not epochs")
