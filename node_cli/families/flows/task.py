@@ -167,12 +167,12 @@ class FlowTask:
     def validation(self, limit: int | None) -> dict:
         """val_nll (and its standard error) on the first `limit` points (None: all) of the validation split,
         computed as test_nll is (the same solver settings and, for FFJORD, the same exact-trace solve); {} without
-        a validation split. Its solves come after the evaluation's NFE counts, so they change none of them."""
+        a validation split. Its solves are counted aside: the evaluation's `eval_nfe_forward` is the test set's."""
         if self.val is None:
             return {}
         n = len(self.val) if limit is None else min(limit, len(self.val))
         self.model.eval()
-        with self.eval_solver():
+        with self.eval_solver(), Count(self.model, aside=True):
             v = torch.cat([-(self.model.log_prob(batch, regularise=True) if self.ffjord else self.model.log_prob(batch))
                            for batch in self.val[:n].split(EVAL_CHUNK)]).double()
         self.model.train()

@@ -158,3 +158,20 @@ def test_node_report_chooses_lambda_on_validation_not_on_test(tmp_path, compose)
     assert rows[0]["claim_train"] == rows[0]["claim_eval"] == "False"   # 2x, but 0.15 nats worse on test
     text = (tmp_path / "report" / "report.md").read_text()
     assert "#### RNODE's λ chosen on the validation split" in text and "| 0.2/0.2 (val Δ +0.040) |" in text
+
+
+def test_the_validation_solves_are_not_in_the_evaluation_nfe(compose):
+    """The evaluation's forward solves (what eval_nfe_forward averages over) are the test set's likelihood solves,
+    one per chunk of test points, with or without a validation split; its solves and the sampling's are apart."""
+    from node_cli.core.meter import Count
+
+    counts = []
+    for size in (0, 300):
+        torch.manual_seed(0)
+        task = FlowTask(compose("experiment=ffjord_pinwheel", f"dataset.val_size={size}", "dataset.test_size=300",
+                                "model.hidden=[8,8]", "model.eval_tol=1e-3"), CPU)
+        with Count(task.model) as c:
+            result = task.evaluate(None)
+        counts.append((c.solves, c.nfe_forward, result["eval_nfe_sample"]))
+    assert counts[0][0] == counts[1][0] == 1            # 300 test points: one chunk, one solve
+    assert counts[0] == counts[1] and counts[0][1] > 0
