@@ -260,7 +260,7 @@ def _warn_eager(why: str) -> None:
     global _COMPILE_WARNED
     if not _COMPILE_WARNED:
         _COMPILE_WARNED = True
-        warnings.warn(f"solver.compile: torch.compile is not available ({why}); using the eager step (the same "
+        warnings.warn(f"solver.compile: the step cannot be compiled here ({why}); using the eager step (the same "
                       "method and steps)", RuntimeWarning, stacklevel=4)
 
 

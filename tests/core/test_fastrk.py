@@ -480,18 +480,31 @@ def _compile_runs(solver_cfg, compile_flags):
 def test_compiled_step_takes_the_eager_steps_values_and_gradients(solver_cfg):
     """dopri5 at dynamics_cubic's tolerances, backprop through the solver: the compiled step body gives the eager
     fast path's accepted and rejected steps and NFE, and its values and gradients to float32 rounding (a compiled
-    kernel may fuse and reorder the same float32 operations). One shape, one grad mode: one compilation."""
+    kernel may fuse and reorder the same float32 operations), also after the weights change in place (as an
+    optimizer step changes them: the compiled graph reads them, it did not bake them in). One shape, one grad
+    mode: one compilation."""
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="solver.compile")          # no fallback here
-        (eager, e_counts, e_out, e_grads), (block, counts, out, grads) = _compile_runs(solver_cfg, (False, True))
+        (eager, *e_run), (block, *run) = _compile_runs(solver_cfg, (False, True))
+        y0 = torch.randn(20, 2, generator=torch.Generator().manual_seed(6))
+        for b in (eager, block):
+            b.zero_grad()
+            with torch.no_grad():
+                b.field.field.net[0].weight.mul_(1.5)
+        e_run2, run2 = (steps_and_solution(b, y0, torch.linspace(0, 8, 10)) for b in (eager, block))
+    since = lambda second, first: (tuple(b - a for a, b in zip(first[0], second[0])), *second[1:])  # noqa: E731
+    e_run2, run2 = since(e_run2, e_run), since(run2, run)                   # the counts are the block's totals
     compiled = fastrk._COMPILED[block.field]
     assert compiled.fn not in (None, False) and compiled.counter is block.field   # the compiled body ran
     assert "compile" not in eager.kwargs["options"] and block.kwargs["options"]["compile"] is True
-    assert counts == e_counts and counts[0] > 8 and counts[1] > 0 and counts[2] == 2 + 6 * (counts[0] + counts[1])
-    torch.testing.assert_close(out, e_out, rtol=1e-5, atol=1e-6)
-    scale = max(g.abs().max().item() for g in e_grads)
-    for a, b in zip(e_grads, grads):                                       # y0 and every parameter
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
+    for (e_counts, e_out, e_grads), (counts, out, grads) in ((e_run, run), (e_run2, run2)):
+        assert counts == e_counts and counts[0] > 8 and counts[1] > 0
+        assert counts[2] == 2 + 6 * (counts[0] + counts[1])                # dopri5's NFE, counted outside the graph
+        torch.testing.assert_close(out, e_out, rtol=1e-5, atol=1e-6)
+        scale = max(g.abs().max().item() for g in e_grads)
+        for a, b in zip(e_grads, grads):                                   # y0 and every parameter
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
+    assert not torch.equal(run[1], run2[1])                                # the second solve is another one
 
 
 def test_compile_unavailable_falls_back_to_the_eager_step_with_one_warning(monkeypatch, solver_cfg):
