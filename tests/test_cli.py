@@ -41,6 +41,7 @@ FLOW = ["experiment=nf_moons", "trainer=quick", "model.depth=2", "dataset.test_s
     (["trainer.progress=maybe"], "trainer.progress='maybe' is not allowed: it must be true or false"),
     (["solver.fast_rk=maybe"], "solver.fast_rk='maybe' is not allowed: it must be true or false"),
     (["solver.first_step_grad=1"], "solver.first_step_grad=1 is not allowed: it must be true or false"),
+    (["solver.compile=yes"], "solver.compile='yes' is not allowed: it must be true or false"),
     (["experiment=ffjord_8gaussians", "model.fast_trace=yes"], "model.fast_trace='yes' is not allowed"),
     (["threads=0"], "threads=0 is not allowed: it must be an integer >= 1 or auto"),
     (["+solver.rtl=1e-3"], "unknown key 'solver.rtl'"),

@@ -133,6 +133,7 @@ def validate(cfg, training: bool = True) -> None:
     choice(s.adjoint_norm, "solver.adjoint_norm", ("default", "seminorm"))
     boolean(s.get("fast_rk", True), "solver.fast_rk")
     boolean(s.get("first_step_grad", True), "solver.first_step_grad")
+    boolean(s.get("compile", False), "solver.compile")
     positive(s.get("step_size"), "solver.step_size", allow_none=True)
     positive(s.get("max_num_steps"), "solver.max_num_steps", integer=True, allow_none=True)
     positive(s.get("max_nfe"), "solver.max_nfe", integer=True, allow_none=True)

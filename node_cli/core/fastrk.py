@@ -4,7 +4,9 @@ adaptive_heun), used by every `ODEBlock` unless `solver.fast_rk=false` (or its `
 Besides the stage arithmetic below: every requested time inside a step is interpolated at once (`_fast_integrate`,
 `_LazyInterp.at`), a batch's rows can be read each at its own times (`solve_rows`, `ODEBlock.at_rows`), the next
 step size is computed on floats (`_fast_optimal_step_size`), and with `solver.first_step_grad=false` the first
-step's size is estimated without a graph (`_constant_first_step`, opt-in: it changes gradients).
+step's size is estimated without a graph (`_constant_first_step`, opt-in: it changes gradients); with
+`solver.compile=true` a step's stage evaluations, stage sums and error estimate run as one torch.compile'd function
+(`_compiled_stages`, opt-in; the adaptive loop stays in Python).
 
 torchdiffeq keeps the stages in one [*shape, stages] buffer (stage dimension last) and forms every combination
 y0 + sum_j c_j k_j as a strided multiply into a temporary followed by a strided sum: on a CPU that is a quarter of
@@ -35,6 +37,7 @@ from __future__ import annotations
 import importlib
 import types
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -189,6 +192,11 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     from torchdiffeq._impl.rk_common import _runge_kutta_step
 
     light = LIGHT_GRAPH and not y0.is_complex()   # complex states: the recorded ops (conjugate gradients)
+    compiled = getattr(func, "compiled", None)
+    if compiled is not None and light and not dt.requires_grad:
+        out = compiled.step(y0, f0, t0, dt, t1, tableau)
+        if out is not None:
+            return out
     if dt.requires_grad and not light:
         y1, f1, y1_error, k = _runge_kutta_step(func, y0, f0, t0, dt, t1, tableau)
         return y1, f1, y1_error, list(k.unbind(-1))
@@ -225,6 +233,117 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
         else:
             error = torch.sum(buffer * (dt.detach() * rows[-1]), dim=-1)   # torchdiffeq's dt * c_error
     return yi, ks[-1], error, ks
+
+
+_COMPILE_WARNED = False   # the one warning per process when solver.compile falls back to the eager step
+
+
+def _compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot build a step for tensors on `device` here (None: it can): inductor needs a C++
+    compiler for CPU code and Triton for CUDA code."""
+    try:
+        if device.type == "cpu":
+            from torch._inductor.cpp_builder import get_cpp_compiler
+            get_cpp_compiler()
+        elif device.type == "cuda":
+            from torch.utils._triton import has_triton
+            if not has_triton():
+                return "no Triton for CUDA"
+        else:
+            return f"no inductor backend checked for {device.type}"
+    except Exception as exc:   # noqa: BLE001 - any failure here means: not available
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def _warn_eager(why: str) -> None:
+    global _COMPILE_WARNED
+    if not _COMPILE_WARNED:
+        _COMPILE_WARNED = True
+        warnings.warn(f"solver.compile: the step cannot be compiled here ({why}); using the eager step (the same "
+                      "method and steps)", RuntimeWarning, stacklevel=4)
+
+
+def _stages(field, y0, f0, t0, dt, t1, alpha, beta, c_error, fsal):
+    """The body `_CompiledStages` compiles: a step's stage evaluations field(t_i, y_i), its stage sums
+    y_i = y0 + sum_j (beta_ij dt) k_j and its error estimate sum_j (c_error_j dt) k_j (without a graph, as the eager
+    step), the tableau's rows as Python floats (constants of the compiled graph) and dt, t0, t1 as 0-dim tensors (so
+    one graph serves every step size). The stage at alpha = 1 is evaluated at the float just below t1 with the
+    gradient passing through, as torchdiffeq's Perturb.PREV."""
+    ks, yi = [f0], y0
+    for alpha_i, row in zip(alpha, beta):
+        if alpha_i == 1.0:
+            t = t1.detach()
+            ti = t1 + (torch.nextafter(t, t - 1) - t)
+        else:
+            ti = t0 + alpha_i * dt
+        yi = y0 + sum(k * (c * dt) for c, k in zip(row, ks) if c != 0.0)
+        ks.append(field(ti, yi))
+    if not fsal:
+        yi = y0 + sum(k * (c * dt) for c, k in zip(beta[-1], ks) if c != 0.0)
+    error = sum(k.detach() * (c * dt.detach()) for c, k in zip(c_error, ks) if c != 0.0)
+    return yi, error, *ks
+
+
+class _CompiledStages:
+    """`_stages` torch.compile'd for one vector field (solver.compile=true), compiled once per shape, dtype and
+    grad mode (torch.compile's guards; dynamic=False: a few fixed shapes per run). Each field gets its own copy of
+    the code object, so each has its own cache and recompile limit. `counter` (the field's evaluation counter: an
+    object with `count(n)`, node-run's CountedField) is told the stage count after each compiled step: the count
+    happens outside the graph, which calls `field` itself. Falls back to the eager step, with one warning, when
+    compilation is unavailable or fails."""
+
+    def __init__(self, field, counter=None):
+        self.field, self.counter = field, counter
+        self.fn, self.consts = None, (None, None)
+        code = _stages.__code__.replace()   # a fresh code object: torch.compile's cache hangs on it
+        self.body = types.FunctionType(code, _stages.__globals__, _stages.__name__)
+
+    def step(self, y0, f0, t0, dt, t1, tableau):
+        """(y1, f1, error, stages) as `_fast_runge_kutta_step` returns them, or None: take the eager step."""
+        if self.fn is False:
+            return None
+        if self.fn is None:
+            why = _compile_unavailable(y0.device)
+            if why is not None:
+                self.fn = False
+                _warn_eager(why)
+                return None
+            self.fn = torch.compile(self.body, dynamic=False, fullgraph=True)
+        if self.consts[0] is not tableau:   # the tableau as Python floats, read once per tableau
+            alpha, rows, _cat, _sizes, fsal = _tableau(tableau)
+            self.consts = (tableau, (tuple(alpha), tuple(tuple(r.tolist()) for r in rows[:-1]),
+                                     tuple(rows[-1].tolist()), fsal))
+        t_dtype = _real_dtype(y0)
+        try:
+            y1, error, *ks = self.fn(self.field, y0, f0, t0.to(t_dtype), dt.to(t_dtype), t1.to(t_dtype),
+                                     *self.consts[1])
+        except Exception as exc:   # noqa: BLE001 - compilation failed (unsupported op, no compiler, ...): eager
+            self.fn = False
+            _warn_eager(f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+            return None
+        if self.counter is not None:
+            self.counter.count(len(ks) - 1)
+        return y1, ks[-1], error, ks
+
+
+_COMPILED = weakref.WeakKeyDictionary()   # the module under torchdiffeq's wrapper -> its _CompiledStages
+
+
+def _compiled_stages(func) -> _CompiledStages | None:
+    """The compiled step for the vector field under torchdiffeq's wrapper `func`, one per field and process; None
+    for what it does not cover (tuple states and reversed time: torchdiffeq's wrappers in between)."""
+    from torchdiffeq._impl.misc import _PerturbFunc
+
+    base = getattr(func, "base_func", None)
+    while type(base) is _PerturbFunc:   # odeint_adjoint's forward solve wraps its wrapped field again
+        base = base.base_func
+    if not isinstance(base, torch.nn.Module) or type(base).__module__.startswith("torchdiffeq"):
+        return None
+    if base not in _COMPILED:
+        counted = callable(getattr(base, "count", None)) and isinstance(getattr(base, "field", None), torch.nn.Module)
+        _COMPILED[base] = _CompiledStages(base.field, base) if counted else _CompiledStages(base)
+    return _COMPILED[base]
 
 
 @torch.no_grad()
@@ -467,9 +586,10 @@ def _register() -> dict:
                               original.__name__, original.__defaults__, original.__closure__)
     perturb = misc._PerturbFunc
 
-    def __init__(self, func, *args, row_times=None, first_step_grad=True, **kwargs):
+    def __init__(self, func, *args, row_times=None, first_step_grad=True, compile=False, **kwargs):
         if type(func) is perturb:   # this solve's own wrapper: a per-instance override
             func.forward = types.MethodType(_fast_perturb_forward, func)
+            func.compiled = _compiled_stages(func) if compile else None   # solver.compile
         self.row_times = row_times   # `solve_rows`: each row's own output times
         self.first_step_grad = first_step_grad
         super(type(self), self).__init__(func, *args, **kwargs)

@@ -109,13 +109,18 @@ class CountedField(nn.Module):
                     self.__dict__.pop(name.format(kind), None)
 
     def forward(self, t, y):
-        self.calls += 1
+        self.count(1)
+        return self.field(t, y)
+
+    def count(self, n: int) -> None:
+        """Count n evaluations of the field (`forward`'s one; a compiled solver step's, which calls `field` itself:
+        fastrk's solver.compile), then check for a stop request and the cap."""
+        self.calls += n
         stop.check()
         if self.max_nfe is not None and self.calls - self.solve_start > self.max_nfe:
             raise TooManyEvaluations(
                 f"a solve needed more than solver.max_nfe={self.max_nfe} evaluations of the vector field (the model "
                 "has probably diverged: a smaller trainer.lr?); a larger solver.max_nfe, or null, lifts the cap")
-        return self.field(t, y)
 
 
 def _options(cfg, method: str) -> dict:
@@ -171,6 +176,8 @@ class ODEBlock(nn.Module):
             self.kwargs["method"] = fastrk.method(self.kwargs["method"])
             if solver_cfg.get("first_step_grad") is False and fastrk.SUFFIX in self.kwargs["method"]:
                 self.kwargs["options"] = dict(self.kwargs["options"], first_step_grad=False)
+            if solver_cfg.get("compile") is True and fastrk.SUFFIX in self.kwargs["method"]:
+                self.kwargs["options"] = dict(self.kwargs["options"], compile=True)
             if kwargs["adjoint_method"] is not None:
                 kwargs["adjoint_method"] = fastrk.method(kwargs["adjoint_method"])
         backward_method = kwargs["adjoint_method"] or self.kwargs["method"]

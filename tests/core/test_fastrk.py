@@ -445,3 +445,75 @@ def _walk(fn):
             seen.add(node)
             todo += [n for n, _ in node.next_functions]
     return seen
+
+
+# solver.compile=true: the step body torch.compile'd (fastrk._CompiledStages)
+# ---------------------------------------------------------------------------------------------------------------
+
+class TimedMLP(nn.Module):
+    """dynamics_cubic's 2-50-2 tanh field, made time-dependent so that the compiled step's stage times count."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = nn.Sequential(nn.Linear(2, 50), nn.Tanh(), nn.Linear(50, 2))
+
+    def forward(self, t, y):
+        return self.net(y) * torch.cos(t)
+
+
+def _compile_skip_reason():
+    return fastrk._compile_unavailable(torch.device("cpu"))
+
+
+def _compile_runs(solver_cfg, compile_flags):
+    y0 = torch.randn(20, 2, generator=torch.Generator().manual_seed(5))
+    t = torch.linspace(0, 8, 10)
+    runs = []
+    for flag in compile_flags:
+        block = ODEBlock(TimedMLP(), solver_cfg(rtol=1e-5, atol=1e-6, adjoint=False, compile=flag))
+        runs.append((block, *steps_and_solution(block, y0, t)))
+    return runs
+
+
+@pytest.mark.skipif(_compile_skip_reason() is not None, reason=f"torch.compile unavailable: {_compile_skip_reason()}")
+def test_compiled_step_takes_the_eager_steps_values_and_gradients(solver_cfg):
+    """dopri5 at dynamics_cubic's tolerances, backprop through the solver: the compiled step body gives the eager
+    fast path's accepted and rejected steps and NFE, and its values and gradients to float32 rounding (a compiled
+    kernel may fuse and reorder the same float32 operations), also after the weights change in place (as an
+    optimizer step changes them: the compiled graph reads them, it did not bake them in). One shape, one grad
+    mode: one compilation."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="solver.compile")          # no fallback here
+        (eager, *e_run), (block, *run) = _compile_runs(solver_cfg, (False, True))
+        y0 = torch.randn(20, 2, generator=torch.Generator().manual_seed(6))
+        for b in (eager, block):
+            b.zero_grad()
+            with torch.no_grad():
+                b.field.field.net[0].weight.mul_(1.5)
+        e_run2, run2 = (steps_and_solution(b, y0, torch.linspace(0, 8, 10)) for b in (eager, block))
+    since = lambda second, first: (tuple(b - a for a, b in zip(first[0], second[0])), *second[1:])  # noqa: E731
+    e_run2, run2 = since(e_run2, e_run), since(run2, run)                   # the counts are the block's totals
+    compiled = fastrk._COMPILED[block.field]
+    assert compiled.fn not in (None, False) and compiled.counter is block.field   # the compiled body ran
+    assert "compile" not in eager.kwargs["options"] and block.kwargs["options"]["compile"] is True
+    for (e_counts, e_out, e_grads), (counts, out, grads) in ((e_run, run), (e_run2, run2)):
+        assert counts == e_counts and counts[0] > 8 and counts[1] > 0
+        assert counts[2] == 2 + 6 * (counts[0] + counts[1])                # dopri5's NFE, counted outside the graph
+        torch.testing.assert_close(out, e_out, rtol=1e-5, atol=1e-6)
+        scale = max(g.abs().max().item() for g in e_grads)
+        for a, b in zip(e_grads, grads):                                   # y0 and every parameter
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)
+    assert not torch.equal(run[1], run2[1])                                # the second solve is another one
+
+
+def test_compile_unavailable_falls_back_to_the_eager_step_with_one_warning(monkeypatch, solver_cfg):
+    """Without a compiler (faked): one warning that names the reason, then exactly the eager fast path's solve."""
+    monkeypatch.setattr(fastrk, "_compile_unavailable", lambda device: "no C++ compiler (test)")
+    monkeypatch.setattr(fastrk, "_COMPILE_WARNED", False)
+    with pytest.warns(RuntimeWarning, match=r"solver.compile: .*no C\+\+ compiler \(test\)") as caught:
+        (_, e_counts, e_out, e_grads), (block, counts, out, grads), *_ = _compile_runs(solver_cfg, (False, True, True))
+    assert len([w for w in caught if "solver.compile" in str(w.message)]) == 1
+    assert fastrk._COMPILED[block.field].fn is False
+    assert counts == e_counts
+    assert torch.equal(out, e_out) and all(torch.equal(a, b) for a, b in zip(e_grads, grads))
