@@ -24,8 +24,8 @@ from . import families
 from .core.checks import ConfigError, DataError, StorageError, one_line, validate
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
-from .core.rundir import (CHECKPOINT, CLAIM, CONFIG, METRICS, SUMMARY, check_state, claim, holds_run, in_use,
-                           load_checkpoint, locked, read_summary, resumes)
+from .core.rundir import (CHECKPOINT, CLAIM, CONFIG, METRICS, SUMMARY, claim, holds_run, in_use, locked,
+                           read_checkpoint, read_summary, resumes)
 from .experiment import FAILED, INTERRUPTED, execute, finish
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
@@ -69,10 +69,9 @@ def requeued(cfg, out_dir) -> dict:
                   "again", file=sys.stderr, flush=True)
             return dict(history=resumes(folder))
         return {}
-    ckpt = load_checkpoint(folder / CHECKPOINT)
-    if ckpt.get("config") != OmegaConf.to_container(cfg) or ckpt.get("format") != 2:
+    ckpt = read_checkpoint(folder / CHECKPOINT, "resume")
+    if ckpt.get("config") != OmegaConf.to_container(cfg):
         raise ConfigError(f"{folder} holds another run; node-run never overwrites a run")
-    check_state(ckpt, folder / CHECKPOINT)
     history = resumes(folder)
     print(f"node-run: {folder} holds this job's interrupted run: continuing from step {ckpt['step']}",
           file=sys.stderr, flush=True)

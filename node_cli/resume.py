@@ -18,8 +18,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .core.checks import ConfigError, DataError, StorageError, integer, one_line
-from .core.rundir import (BUDGET, CHECKPOINT, CONFIG, RESUMABLE, SUMMARY, atomic_write, check_state, load_checkpoint,
-                           load_config, locked, read_summary, resumes)
+from .core.rundir import (BUDGET, CHECKPOINT, CONFIG, RESUMABLE, SUMMARY, atomic_write, load_config, locked,
+                           read_checkpoint, read_summary, resumes)
 
 
 def parse(argv: list[str]) -> tuple[Path, dict]:
@@ -65,11 +65,7 @@ def prepare(folder: Path, changes: dict):
         for key, value in changes.items():
             OmegaConf.update(cfg, key, value)
         return cfg, None, resumes(folder)
-    ckpt = load_checkpoint(folder / CHECKPOINT)
-    if ckpt.get("format") != 2:
-        raise ConfigError(f"{folder / CHECKPOINT} was written by an older node-run without the training state "
-                          "(random generators, counters): it cannot be continued exactly; start a new run")
-    check_state(ckpt, folder / CHECKPOINT)
+    ckpt = read_checkpoint(folder / CHECKPOINT, "resume")
     cfg = load_config(folder)
     if OmegaConf.to_container(cfg) != ckpt["config"]:
         raise ConfigError(f"{folder / CONFIG} no longer matches the checkpoint's config; it cannot be continued")

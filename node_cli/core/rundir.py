@@ -5,7 +5,8 @@
 - `metrics.jsonl`: one JSON object per evaluation, appended and flushed as it happens.
 - `summary.json`: written atomically (temp file, then rename) when the run ends, whatever its status.
 - `checkpoint.pt`: written atomically at every evaluation whose metrics are finite: the last good state. It holds
-  only tensors, numbers, strings, lists and dicts, so `load_checkpoint` reads it with `weights_only=True`.
+  only tensors, numbers, strings, lists and dicts, so `load_checkpoint` reads it with `weights_only=True`; its
+  `format` says which keys it holds, and `read_checkpoint` is the one reader that knows which formats it can read.
 - `resumed.json`: every process that continued the run (resume=, a requeued job, a restart), written atomically
   when that process starts: the summary's `resumed`, even for processes that were killed.
 - `.node-run.claim`: the claim marker; the process that runs the run holds an exclusive lock (flock) on it for its
@@ -250,6 +251,35 @@ def load_config(folder):
     except Exception as exc:  # noqa: BLE001 - not YAML, a tag no safe loader builds, or not a mapping
         raise ConfigError(f"cannot read {folder / CONFIG}: {one_line(exc, 200)}") from None
     return cfg
+
+
+# Checkpoint formats. FORMAT: what core/train.py writes now, and the newest this node-run reads. A format adds keys
+# or changes their meaning; bump it then, and raise READS[purpose] for a use that cannot read the older ones.
+# 1 (no "format" key): weights and config only; 2: the whole training state (STATE_KEYS), so a run can continue.
+FORMAT = 2
+READS = dict(evaluate=1, resume=2)   # the oldest format each use of a checkpoint can read
+
+
+def read_checkpoint(path, purpose: str) -> dict:
+    """A checkpoint read for `purpose` ('evaluate': its weights and config; 'resume': the whole training state).
+    A format this node-run cannot read for that purpose, newer or older, and a damaged file are one ConfigError."""
+    ckpt = load_checkpoint(path)
+    version, oldest = ckpt.get("format", 1), READS[purpose]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ConfigError(f"{path} is damaged or was not written by node-run (format={version!r})")
+    readable = f"{oldest}-{FORMAT}" if oldest < FORMAT else f"{FORMAT}"
+    if version > FORMAT:
+        raise ConfigError(f"{path} was written by a newer node-run (checkpoint format {version}; this one reads "
+                          f"{readable}): update node-run to use it")
+    if version < oldest:
+        raise ConfigError(f"{path} was written by an older node-run (checkpoint format {version}; to {purpose} a run "
+                          f"this one reads {readable}): " + dict(
+                              resume="it lacks training state (random generators, counters), so it cannot be "
+                                     "continued exactly; start a new run",
+                              evaluate="evaluate it with the node-run that wrote it")[purpose])
+    if purpose == "resume":
+        check_state(ckpt, path)
+    return ckpt
 
 
 # What continuing a run reads from its checkpoint (format 2: core/train.py's Loop.state and Loop.restore)
