@@ -56,3 +56,14 @@ def test_every_family_has_an_experiment_per_model(compose):
     for family in families.every():
         for model in family.models:
             assert (family.task, model) in built, f"{family.name}: no experiment file trains {model}"
+
+
+def test_every_bench_experiment_a_family_names_is_its_own(compose):
+    from node_cli.bench.contention import specs
+
+    for family in families.every():
+        for spec in (family.bench, family.contention):
+            if spec is not None:
+                cfg = compose(f"experiment={spec.experiment}")
+                assert families.get(cfg.task) is family, f"{family.name}: {spec.experiment} is {cfg.task}'s"
+    assert set(specs()) == {f.name for f in families.every() if f.contention is not None}

@@ -5,7 +5,7 @@ data.py (the systems, solved at tight tolerance), models.py (the field MLP insid
 ode_demo, evaluation protocol, checks), plots.py (phase.png, timeseries.png, vector_field.png, training.gif in each
 run), crossing.py (experiment=anode_crossing, augmented ODEs), report.py (systems x fields table of node-report). Docs: docs/families/dynamics.md.
 """
-from ..base import BenchSpec, Family, lazy
+from ..base import BenchSpec, ContentionSpec, Family, lazy
 
 FAMILY = Family(
     name="dynamics", task="dynamics", models=("field",), headline=("test_mse",),
@@ -15,5 +15,6 @@ FAMILY = Family(
     sections=lazy(f"{__name__}.report:sections"),
     # the reference script (torchdiffeq's ode_demo.py) solves at odeint's defaults
     bench=BenchSpec("dynamics_spiral", ("solver.rtol=1e-7", "solver.atol=1e-9"), "test_mse"),
+    contention=ContentionSpec("dynamics_spiral", default=False),
     reference=lazy(f"{__name__}.reference:loops"),
 )

@@ -6,7 +6,7 @@ best-of-settings grid, the seminorm table, the FFJORD tables). Beyond the paper:
 ffjord.py (`model=ffjord`: free-form field, exact or Hutchinson trace, RNODE regularisers), bench.py
 (`node-bench ffjord`: exact against Hutchinson trace as the dimension grows). Docs: docs/families/flows.md.
 """
-from ..base import BenchCommand, BenchSpec, Family, lazy
+from ..base import BenchCommand, BenchSpec, ContentionSpec, Family, lazy
 
 
 def experiment_of(run) -> str:
@@ -28,6 +28,7 @@ FAMILY = Family(
     sections=lazy(f"{__name__}.report:sections"),
     # the reference script (torchdiffeq's cnf.py) solves at rtol = atol = 1e-5
     bench=BenchSpec("cnf_circles", ("solver.rtol=1e-5", "solver.atol=1e-5"), "test_nll"),
+    contention=ContentionSpec("cnf_circles"),
     bench_commands=lambda: BENCH,
     reference=lazy(f"{__name__}.reference:loops"),
 )
