@@ -1,7 +1,7 @@
 """`node-bench contention`: one family's training step, idle and beside N busy processes, under each thread policy.
 
 Why: on a shared CPU, OpenMP threads that spin while they wait for a descheduled sibling can make a step many
-times slower (issue 16). This measures it, so that node-run's defaults (core/threads.py) are chosen, and kept, by
+times slower. This measures it, so that node-run's defaults (core/threads.py) are chosen, and kept, by
 measurement.
 
 How: every (family, policy, load) cell is a fresh process (`python -m node_cli.bench.contention SPEC`), because

@@ -236,6 +236,19 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+# Before `task` took the families' folder names it named them otherwise: runs written then are read with today's
+OLD_TASKS = {"classify": "mnist", "latent": "spirals", "flow": "flows"}
+
+
+def current_names(config):
+    """A run's config or summary (a dict or a DictConfig) with today's names in place of an old run's (`task`).
+    Every reader of run folders and checkpoints passes what it read through this, so old runs read as new ones."""
+    task = config.get("task")
+    if isinstance(task, str) and task in OLD_TASKS:
+        config["task"] = OLD_TASKS[task]
+    return config
+
+
 def load_config(folder):
     """A run's `.hydra/config.yaml` as node-run wrote it (tags such as !!python are refused, never executed); a
     missing, unreadable or foreign file is one ConfigError."""
@@ -250,7 +263,7 @@ def load_config(folder):
             raise ValueError("not a node-run config (no task or solver)")
     except Exception as exc:  # noqa: BLE001 - not YAML, a tag no safe loader builds, or not a mapping
         raise ConfigError(f"cannot read {folder / CONFIG}: {one_line(exc, 200)}") from None
-    return cfg
+    return current_names(cfg)
 
 
 # Checkpoint formats. FORMAT: what core/train.py writes now, and the newest this node-run reads. A format adds keys
@@ -279,6 +292,8 @@ def read_checkpoint(path, purpose: str) -> dict:
                               evaluate="evaluate it with the node-run that wrote it")[purpose])
     if purpose == "resume":
         check_state(ckpt, path)
+    if isinstance(ckpt["config"], dict):
+        current_names(ckpt["config"])
     return ckpt
 
 
@@ -309,7 +324,7 @@ class Run:
     id: str = ""
     used: list = field(default_factory=list)
 
-    def c(self, dotted: str, default=None):
+    def setting(self, dotted: str, default=None):
         """A config value by its dotted key, `default` if absent."""
         node = self.cfg
         for key in dotted.split("."):
@@ -318,7 +333,7 @@ class Run:
             node = node[key]
         return node
 
-    def s(self, key: str):
+    def number(self, key: str):
         """A finite number from the summary, else None."""
         v = (self.summary or {}).get(key)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
@@ -329,11 +344,11 @@ class Run:
 
     @property
     def task(self):
-        return self.c("task")
+        return self.setting("task")
 
     @property
     def model(self):
-        return self.c("model.name")
+        return self.setting("model.name")
 
     @property
     def kind(self) -> str:
@@ -385,6 +400,8 @@ def load_run(path: Path) -> Run:
                 run.cfg = OmegaConf.to_container(loaded, resolve=True)   # e.g. solver.atol=${solver.rtol}
             except Exception:
                 run.cfg = OmegaConf.to_container(loaded, resolve=False)
+            if isinstance(run.cfg, dict):
+                current_names(run.cfg)
         except Exception as exc:
             run.problems.append(f"{CONFIG} is unreadable: {one_line(exc, 200)}")
     else:
@@ -404,7 +421,7 @@ def load_run(path: Path) -> Run:
             run.problems.append(f"{METRICS}: {bad} unreadable line(s) skipped (half-written or damaged?)")
     if (run.path / SUMMARY).is_file():
         try:
-            run.summary = read_summary(run.path)
+            run.summary = current_names(read_summary(run.path))
             run.status = str(run.summary.get("status", "unknown"))
         except ValueError as exc:
             run.summary = None

@@ -113,3 +113,19 @@ def test_read_checkpoint_reads_weights_of_any_older_format_but_resumes_only_whol
     _checkpoint(path, format="2")
     with pytest.raises(ConfigError, match=r"damaged or was not written by node-run \(format='2'\)"):
         read_checkpoint(path, "evaluate")
+
+
+def test_an_old_runs_task_names_read_as_the_family_folders_they_were(tmp_path):
+    from node_cli.core.rundir import CONFIG, SUMMARY, load_config, load_run, read_checkpoint
+
+    for old, new in (("classify", "mnist"), ("latent", "spirals"), ("flow", "flows"), ("dynamics", "dynamics")):
+        folder = tmp_path / old
+        (folder / CONFIG).parent.mkdir(parents=True)
+        (folder / CONFIG).write_text(f"name: x\ntask: {old}\nsolver: {{rtol: 0.001}}\nmodel: {{name: m}}\n")
+        (folder / SUMMARY).write_text(f'{{"status": "ok", "task": "{old}"}}')
+        _checkpoint(folder / CHECKPOINT, format=2)
+        torch.save(dict(torch.load(folder / CHECKPOINT), config={"task": old}), folder / CHECKPOINT)
+        run = load_run(folder)
+        assert (run.task, run.summary["task"], run.kind) == (new, new, f"{new}/m")
+        assert load_config(folder).task == new
+        assert read_checkpoint(folder / CHECKPOINT, "evaluate")["config"] == {"task": new}

@@ -1,4 +1,4 @@
-"""Learning known 2-D dynamical systems with a neural vector field (torchdiffeq's ode_demo, issue 14): phase
+"""Learning known 2-D dynamical systems with a neural vector field (torchdiffeq's ode_demo): phase
 portraits, learned against true vector fields, a GIF of training.
 
 data.py (the systems, solved at tight tolerance), models.py (the field MLP inside an ODEBlock), task.py (training as
@@ -8,10 +8,10 @@ run), crossing.py (experiment=anode_crossing, augmented ODEs), report.py (system
 from ..base import BenchSpec, ContentionSpec, Family, lazy
 
 FAMILY = Family(
-    name="dynamics", task="dynamics", models=("field",), headline=("test_mse",),
+    name="dynamics", models=("field",), headline=("test_mse",),
     build=lazy(f"{__name__}.task:build"), check=lazy(f"{__name__}.task:check"),
     experiment_of=lambda run: {"crossing": "anode_crossing", "annuli": "anode_annuli"}.get(
-        run.c("dataset.system"), f"dynamics_{run.c('dataset.system')}"),
+        run.setting("dataset.system"), f"dynamics_{run.setting('dataset.system')}"),
     sections=lazy(f"{__name__}.report:sections"),
     # the reference script (torchdiffeq's ode_demo.py) solves at odeint's defaults
     bench=BenchSpec("dynamics_spiral", ("solver.rtol=1e-7", "solver.atol=1e-9"), "test_mse"),

@@ -15,7 +15,7 @@ BENCH = {
 }
 
 FAMILY = Family(
-    name="mnist", task="classify", models=("mlp", "resnet", "rknet", "odenet"), headline=("test_error",),
+    name="mnist", models=("mlp", "resnet", "rknet", "odenet"), headline=("test_error",),
     build=lazy(f"{__name__}.task:MnistTask"), check=lazy(f"{__name__}.task:check"),
     experiment_of=lambda run: f"mnist_{run.model}",
     sections=lazy(f"{__name__}.report:sections"),

@@ -79,7 +79,7 @@ class MnistTask:
         if cfg.model.get("compile"):
             for block in self.model.modules():
                 if isinstance(block, ODEBlock):
-                    compile_field(block.field.field)
+                    compile_field(block.vector_field)
 
     @staticmethod
     def images(x: torch.Tensor) -> torch.Tensor:

@@ -81,8 +81,8 @@ def load(run_dir: Path, device: str):
     from ..trained import load_run
 
     def accept(cfg):
-        if cfg.get("task") != "classify":
-            raise ConfigError(f"tolsweep evaluates MNIST classifiers with an ODE block (task classify, model odenet "
+        if cfg.get("task") != "mnist":
+            raise ConfigError(f"tolsweep evaluates MNIST classifiers with an ODE block (task mnist, model odenet "
                               f"or rknet); {run_dir} is task {cfg.get('task')!r}, model {cfg.model.get('name')!r}")
         if cfg.model.get("name") not in ("odenet", "rknet"):
             raise ConfigError(f"tolsweep needs a model with one ODE block (model odenet or rknet); {run_dir} is model "

@@ -6,7 +6,7 @@ data.py (the generated spirals), models.py, task.py (training, evaluation protoc
 from ..base import BenchSpec, ContentionSpec, Family, lazy
 
 FAMILY = Family(
-    name="spirals", task="latent", models=("rnn", "rnn_dt", "latent_ode"), headline=("test_rmse",),
+    name="spirals", models=("rnn", "rnn_dt", "latent_ode"), headline=("test_rmse",),
     build=lazy(f"{__name__}.task:SpiralTask"), check=lazy(f"{__name__}.task:check"),
     experiment_of=lambda run: f"spiral_{run.model}",
     sections=lazy(f"{__name__}.report:sections"),

@@ -121,7 +121,7 @@ class SpiralTask:
         the RMS difference of the two predictions (small against test_rmse: the tolerance is not the limit)."""
         x, t = self.test.observations()
         t_ext, _ = self.test.extrapolation()
-        ref = ODEBlock(self.model.ode.field.field, OmegaConf.merge(
+        ref = ODEBlock(self.model.ode.vector_field, OmegaConf.merge(
             self.cfg.solver, dict(method="dopri5", rtol=rtol, atol=rtol / 10, adjoint=False, max_num_steps=None)))
         self.model.eval()
         pred = self.model.forecast(x, t, t_ext)
