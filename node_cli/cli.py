@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from hydra.experimental.callback import Callback
 
 from . import families
-from .core.checks import ConfigError, DataError, StorageError, one_line, validate
+from .core.checks import ConfigError, DataError, StorageError, one_line
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
 from .core.rundir import (CHECKPOINT, CLAIM, CONFIG, METRICS, SUMMARY, claim, holds_run, in_use, locked,
@@ -182,7 +182,6 @@ def precheck(argv: list[str], dry: bool = False) -> list[str] | list[list[str]]:
     names = []
     for job in jobs[:MAX_PRECHECK] + [jobs[0] + [probe] for probe in probes]:
         cfg = compose(job)
-        validate(cfg)
         families.check(cfg)
         names.append(cfg.name)
     name = sweep_name(names) if multirun and not any(a.startswith("hydra.sweep.dir=") for a in args) else None

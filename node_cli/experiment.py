@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from . import families
 from .core import stop, threads
-from .core.checks import ConfigError, DataError, StorageError, io_error, one_line, resolve_device, validate
+from .core.checks import ConfigError, DataError, StorageError, io_error, one_line, resolve_device
 from .core.clock import provenance
 from .core.compose import compose
 from .core.measure import count_parameters
@@ -24,9 +24,8 @@ INTERRUPTED: list[str] = []   # runs of this process that were stopped (their su
 
 
 def configure(overrides: list[str]):
-    """The config `overrides` compose to, after the shared checks and its family's own (ConfigError if bad)."""
+    """The config `overrides` compose to, checked (families.check: ConfigError if bad)."""
     cfg = compose(overrides)
-    validate(cfg)
     families.check(cfg)
     return cfg
 
@@ -74,8 +73,7 @@ def _execute(cfg, out_dir, resume: dict | None, history: list | None) -> dict:
              cfg.name, device, OmegaConf.to_yaml(cfg))
     with stop.watch(immediate=True):   # a signal while loading stops at once; fit's steps end cleanly
         try:
-            validate(cfg)
-            families.check(cfg)
+            families.check(cfg)   # a no-op for a config the pre-check (or `configure`) checked in this process
             # torch threads for this run (the summary's `threads` then says what was used, and why)
             summary.update(threads.apply(cfg.get("threads", "auto"), families.get(cfg.task).threads))
             log.info("%s", threads.describe(summary))

@@ -91,7 +91,6 @@ def prepare(folder: Path, changes: dict):
 
 def main(argv: list[str]) -> None:
     from .core import stop
-    from .core.checks import validate
     from .experiment import FAILED, execute, finish
     from . import families
 
@@ -99,7 +98,6 @@ def main(argv: list[str]) -> None:
     try:
         folder, changes = parse(argv)
         cfg, ckpt, history = prepare(folder, changes)
-        validate(cfg)
         families.check(cfg)
         held.enter_context(locked(folder))
     except (ConfigError, DataError) as exc:

@@ -70,7 +70,7 @@ class BenchCommand:
 
 @dataclass(frozen=True)
 class Family:
-    name: str                                   # the folder under node_cli/families/: the config's `task`, the docs page
+    name: str                                   # its folder under node_cli/families/, the config's `task`
     models: tuple[str, ...]                     # model.name values it builds
     build: Callable                             # (cfg, device) -> a core.train.Task
     check: Callable                             # (cfg) -> None; ConfigError on a bad model or dataset key

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from omegaconf import OmegaConf
 
-from ..core.checks import ConfigError, one_line, resolve_device, validate
+from ..core.checks import ConfigError, one_line, resolve_device
 from ..core.compose import flat, nearest
 from ..core.rundir import CHECKPOINT, CONFIG, RESUMABLE, load_config, read_checkpoint
 from . import build, check
@@ -115,8 +115,7 @@ def load_run(run_dir, device: str = "cpu", overrides: dict | None = None,
         accept(cfg)
     cfg.device = device
     notes, source = apply_overrides(cfg, dict(overrides or {}))
-    validate(cfg, training=False)
-    check(cfg)
+    check(cfg, training=False)
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     task = build(cfg, dev)
