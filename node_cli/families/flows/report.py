@@ -99,6 +99,12 @@ def _flows_density(rep: Page, runs) -> None:
     rep.add(f"CSV: `{rep.csv('figure4.csv', rows_csv)}`.", "")
     if not chosen:
         return
+    _figure4_loss(rep, chosen, targets)
+    _figure4_grid(rep, chosen, targets, columns)
+
+
+def _figure4_loss(rep: Page, chosen: dict, targets: list) -> None:
+    """Test KL against capacity (NF depth K, CNF width M), a panel per target."""
     from matplotlib.ticker import NullFormatter
     fig, axes = plt_figure(1, len(targets), figsize=(4 * len(targets), 3.6), squeeze=False)
     for ax, t in zip(axes[0], targets):
@@ -114,6 +120,10 @@ def _flows_density(rep: Page, runs) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     rep.add(f"Loss against K/M: ![Figure 4 loss]({rep.savefig(fig, 'figure4_loss.png')})", "")
+
+
+def _figure4_grid(rep: Page, chosen: dict, targets: list, columns: list) -> None:
+    """Each chosen run's density.png, targets by rows and NF K / CNF M by columns."""
     import matplotlib.pyplot as plt
     tiles = {}
     for key, (_, run) in chosen.items():
@@ -364,41 +374,10 @@ def _objectives(rep: Page, runs) -> None:
         return
     rows_md, rows_csv, panels = [], [], []
     for data in datasets:
-        cells: dict[str, list[Run]] = {}
-        for r in (r for r in runs if r.setting("dataset.name") == data):
-            cells.setdefault(_objective_label(r), []).append(r)
-        cells = {label: select(cands)[0] for label, cands in sorted(cells.items())}
-        best = min(mean(used, "test_nll") for used in cells.values())
-        level = best + MARGIN
-        curves = {}
-        for label, used in cells.items():
-            curves[label] = [(r, _curve(r)) for r in used]
-            hits = [_reached(c, level) for _, c in curves[label]]
-            got = [h for h in hits if h is not None]
-            nll = [r.number("test_nll") for r in used]
-            floor = mean(used, "test_nll_data")
-            reach_train = sum(h[0] for h in got) / len(got) if got else None
-            reach_wall = sum(h[1] for h in got) / len(got) if got else None
-            seeds = sorted({r.setting("seed") for r in used})
-            rows_md.append([data, label, ", ".join(map(str, seeds)),
-                            _interval(nll, used[0].number("test_nll_stderr")), fmt(floor, ".3f"),
-                            fmt(mean(used, "test_nll") - floor, "+.3f") if floor is not None else "–",
-                            fmt(mean(used, "eval_nfe_forward"), ".0f"), fmt(mean(used, "eval_nfe_sample"), ".0f"),
-                            fmt(mean(used, "nfe_forward"), ".1f"), fmt(mean(used, "sec_per_step"), ".4f"),
-                            used[0].steps, f"{fmt(reach_train, '.1f')} ({len(got)}/{len(used)})",
-                            fmt(reach_wall, ".0f"), fmt(mean(used, "wall_time"), ".0f"), rep.ids(used)])
-            for r, hit in zip(used, hits):
-                rows_csv.append(dict(dataset=data, objective=label, loss=_loss(r), seed=r.setting("seed"), steps=r.steps,
-                                     test_nll=r.number("test_nll"), test_nll_stderr=r.number("test_nll_stderr"),
-                                     test_nll_data=r.number("test_nll_data"), eval_nfe_forward=r.number("eval_nfe_forward"),
-                                     eval_nfe_sample=r.number("eval_nfe_sample"), nfe_forward=r.number("nfe_forward"),
-                                     nfe_backward=r.number("nfe_backward"), sec_per_step=r.number("sec_per_step"),
-                                     level=level, train_s_to_level=hit[0] if hit else None,
-                                     wall_s_to_level=hit[1] if hit else None,
-                                     step_to_level=hit[2] if hit else None, wall_time=r.number("wall_time"),
-                                     run_id=r.id, run_dir=str(r.path)))
-            rep.mark(used, "flow matching against maximum likelihood")
-        panels.append((data, level, mean(sum(cells.values(), []), "test_nll_data"), curves))
+        md, csv_rows, panel = _objective_rows(rep, [r for r in runs if r.setting("dataset.name") == data], data)
+        rows_md += md
+        rows_csv += csv_rows
+        panels.append(panel)
     rep.add("#### Flow matching against maximum likelihood: the same field, data, solver and evaluation", "")
     rep.add(*md_table(["data", "objective", "seeds", "test NLL (95%)", "true density's NLL", "gap", "eval NFE (NLL)",
                        "eval NFE (sampling)", "train NFE-F / step", "s / step", "steps",
@@ -411,6 +390,48 @@ def _objectives(rep: Page, runs) -> None:
             f"steps); wall s: the run's clock, evaluations included. The level is the best objective's mean final "
             f"test NLL + {MARGIN:g} nats, met at the first evaluation at or below it (intermediate evaluations use "
             "trainer.eval_limit test points; null: all).", "")
+    _objectives_figure(rep, panels)
+
+
+def _objective_rows(rep: Page, runs: list, data: str) -> tuple[list, list, tuple]:
+    """One data set's objectives: the table's rows, the CSV's rows (a run each) and the figure's panel."""
+    cells: dict[str, list[Run]] = {}
+    for r in runs:
+        cells.setdefault(_objective_label(r), []).append(r)
+    cells = {label: select(cands)[0] for label, cands in sorted(cells.items())}
+    best = min(mean(used, "test_nll") for used in cells.values())
+    level = best + MARGIN
+    rows_md, rows_csv, curves = [], [], {}
+    for label, used in cells.items():
+        curves[label] = [(r, _curve(r)) for r in used]
+        hits = [_reached(c, level) for _, c in curves[label]]
+        got = [h for h in hits if h is not None]
+        nll = [r.number("test_nll") for r in used]
+        floor = mean(used, "test_nll_data")
+        reach_train = sum(h[0] for h in got) / len(got) if got else None
+        reach_wall = sum(h[1] for h in got) / len(got) if got else None
+        seeds = sorted({r.setting("seed") for r in used})
+        rows_md.append([data, label, ", ".join(map(str, seeds)),
+                        _interval(nll, used[0].number("test_nll_stderr")), fmt(floor, ".3f"),
+                        fmt(mean(used, "test_nll") - floor, "+.3f") if floor is not None else "–",
+                        fmt(mean(used, "eval_nfe_forward"), ".0f"), fmt(mean(used, "eval_nfe_sample"), ".0f"),
+                        fmt(mean(used, "nfe_forward"), ".1f"), fmt(mean(used, "sec_per_step"), ".4f"),
+                        used[0].steps, f"{fmt(reach_train, '.1f')} ({len(got)}/{len(used)})",
+                        fmt(reach_wall, ".0f"), fmt(mean(used, "wall_time"), ".0f"), rep.ids(used)])
+        for r, hit in zip(used, hits):
+            numbers = {k: r.number(k) for k in ("test_nll", "test_nll_stderr", "test_nll_data", "eval_nfe_forward",
+                                                "eval_nfe_sample", "nfe_forward", "nfe_backward", "sec_per_step")}
+            rows_csv.append(dict(dataset=data, objective=label, loss=_loss(r), seed=r.setting("seed"), steps=r.steps,
+                                 **numbers, level=level, train_s_to_level=hit[0] if hit else None,
+                                 wall_s_to_level=hit[1] if hit else None,
+                                 step_to_level=hit[2] if hit else None, wall_time=r.number("wall_time"),
+                                 run_id=r.id, run_dir=str(r.path)))
+        rep.mark(used, "flow matching against maximum likelihood")
+    return rows_md, rows_csv, (data, level, mean(sum(cells.values(), []), "test_nll_data"), curves)
+
+
+def _objectives_figure(rep: Page, panels: list) -> None:
+    """Test NLL against wall-clock and training time, a column per data set."""
     fig, axes = plt_figure(2, len(panels), figsize=(4.2 * len(panels), 6.4), squeeze=False)
     colour = {label: f"C{i}" for i, label in enumerate(sorted({lb for p in panels for lb in p[3]}))}
     for j, (data, level, floor, curves) in enumerate(panels):

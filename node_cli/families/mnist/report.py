@@ -156,6 +156,39 @@ def figure3(rep: Page) -> None:
         return
     fig, axes = plt_figure(2, 2, figsize=(10, 8))
     (a, b), (c, d) = axes
+    rows = _sweep_panels(rep, sweeps, a, b, c)
+    train_rows = _training_panels(rep, odes, c, d)
+    hi = max([1] + [r["step_nfe_forward"] for r in rows] + [r["nfe_forward"] for r in train_rows])
+    c.plot([0, hi], [0, hi / 2], color="0.7", lw=1, ls=":", label="NFE-B = NFE-F / 2 (paper: about half)")
+    c.set(xlabel="NFE-F", ylabel="NFE-B")
+    c.legend(fontsize=7)
+    d.set(xlabel="training step", ylabel="NFE per training step")
+    if train_rows:
+        d.legend(fontsize=7)
+    for ax, tag in zip(axes.flat, "abcd"):
+        ax.set_title(f"({tag})", loc="left")
+    fig.tight_layout()
+    rep.add(f"![Figure 3]({rep.savefig(fig, 'figure3.png')})", "")
+    if rows:
+        rep.csv("figure3_tolsweep.csv", rows)
+    if train_rows:
+        rep.csv("figure3_training.csv", train_rows)
+    _sweep_list(rep, sweeps)
+    backward_table(rep, sweeps)
+    claims = _claims(rep, odes, sweeps)
+    if claims:
+        rep.add("Numbers behind the panels, beside the paper's claims (NFE grows over training; NFE falls as the "
+                "tolerance loosens while the error grows; NFE-B is about half of NFE-F with the adjoint):", "",
+                *md_table(["run", "source", "NFE-F", "NFE-B / NFE-F (paper ≈ 0.5)", "numerical error"], claims))
+    rep.add("(a) NFE-F against the numerical error of the ODE block's output as the tolerance varies; (b) NFE-F "
+            "against wall time of a forward pass (relative to the fastest); (c) NFE-B against NFE-F per training "
+            "step (paper: backward about half of forward); (d) NFE per training step over training (paper: it grows). "
+            "Points in (c)-(d) marked 'training' are the runs' metrics.jsonl windows (CSV `figure3_training.csv`).",
+            "")
+
+
+def _sweep_panels(rep: Page, sweeps: list, a, b, c) -> list[dict]:
+    """Panels (a)-(b), and the sweeps' points of (c), from the tolerance sweeps; their rows (figure3_tolsweep.csv)."""
     rows = []
     for s in sweeps:
         run = rep.by_path.get(Path(s.get("run_dir", "")))
@@ -185,6 +218,11 @@ def figure3(rep: Page) -> None:
         for ax in (a, b):
             ax.text(0.5, 0.5, "no tolerance sweep:\nnode-report tolsweep RUN_DIR", ha="center", va="center",
                     transform=ax.transAxes)
+    return rows
+
+
+def _training_panels(rep: Page, odes: list, c, d) -> list[dict]:
+    """Panel (d), and the training points of (c), from the runs' metrics; their rows (figure3_training.csv)."""
     train_rows = []
     for run in odes:
         rep.mark([run], "Figure 3 (d)")
@@ -196,36 +234,29 @@ def figure3(rep: Page) -> None:
                   label=f"{run.id}: training")
         train_rows += [dict(run_id=run.id, run_dir=str(run.path), step=m["step"], epoch=m.get("epoch"),
                             nfe_forward=m["nfe_forward"], nfe_backward=m.get("nfe_backward")) for m in pts]
-    hi = max([1] + [r["step_nfe_forward"] for r in rows] + [r["nfe_forward"] for r in train_rows])
-    c.plot([0, hi], [0, hi / 2], color="0.7", lw=1, ls=":", label="NFE-B = NFE-F / 2 (paper: about half)")
-    c.set(xlabel="NFE-F", ylabel="NFE-B")
-    c.legend(fontsize=7)
-    d.set(xlabel="training step", ylabel="NFE per training step")
-    if train_rows:
-        d.legend(fontsize=7)
-    for ax, tag in zip(axes.flat, "abcd"):
-        ax.set_title(f"({tag})", loc="left")
-    fig.tight_layout()
-    rep.add(f"![Figure 3]({rep.savefig(fig, 'figure3.png')})", "")
-    if rows:
-        rep.csv("figure3_tolsweep.csv", rows)
-    if train_rows:
-        rep.csv("figure3_training.csv", train_rows)
-    if sweeps:
-        lines = []
-        for s in sweeps:
-            run = rep.by_path.get(Path(s.get("run_dir", "")))
-            lines.append([run.id if run else "(not scanned)", rep.where(s.get("file", "")), s.get("checkpoint_step"),
-                          "adjoint" if s.get("adjoint") else "backprop", s.get("batch"),
-                          f"{s.get('reference_tol')} ({s.get('reference_dtype')}, NFE {s.get('reference_nfe')})",
-                          s.get("device")])
-        rep.add("Tolerance sweeps (`node-report tolsweep`, CSV `figure3_tolsweep.csv`):", "",
-                *md_table(["run", "sweep file", "checkpoint step", "gradient", "batch", "reference tol", "device"],
-                          lines))
-    else:
+    return train_rows
+
+
+def _sweep_list(rep: Page, sweeps: list) -> None:
+    """The tolerance sweeps behind panels (a)-(b), or how to make one."""
+    if not sweeps:
         rep.add("Panels (a)-(b) need a tolerance sweep of a trained ODE-Net: `node-report tolsweep RUN_DIR`, "
                 "then rerun node-report on a folder that contains RUN_DIR.", "")
-    backward_table(rep, sweeps)
+        return
+    lines = []
+    for s in sweeps:
+        run = rep.by_path.get(Path(s.get("run_dir", "")))
+        lines.append([run.id if run else "(not scanned)", rep.where(s.get("file", "")), s.get("checkpoint_step"),
+                      "adjoint" if s.get("adjoint") else "backprop", s.get("batch"),
+                      f"{s.get('reference_tol')} ({s.get('reference_dtype')}, NFE {s.get('reference_nfe')})",
+                      s.get("device")])
+    rep.add("Tolerance sweeps (`node-report tolsweep`, CSV `figure3_tolsweep.csv`):", "",
+            *md_table(["run", "sweep file", "checkpoint step", "gradient", "batch", "reference tol", "device"],
+                      lines))
+
+
+def _claims(rep: Page, odes: list, sweeps: list) -> list[list]:
+    """The numbers behind the panels, a row per run's training and per tolerance sweep."""
     claims = []
     for run in odes:
         pts = [m for m in run.metrics if m.get("nfe_forward") and m.get("step")]
@@ -243,15 +274,7 @@ def figure3(rep: Page) -> None:
                            f"{pts[-1]['nfe_forward']} → {pts[0]['nfe_forward']}",
                            fmt(sum(ratio) / len(ratio) if ratio else None, ".2f"),
                            f"{pts[-1]['error_rms']:.2e} → {pts[0]['error_rms']:.2e}"])
-    if claims:
-        rep.add("Numbers behind the panels, beside the paper's claims (NFE grows over training; NFE falls as the "
-                "tolerance loosens while the error grows; NFE-B is about half of NFE-F with the adjoint):", "",
-                *md_table(["run", "source", "NFE-F", "NFE-B / NFE-F (paper ≈ 0.5)", "numerical error"], claims))
-    rep.add("(a) NFE-F against the numerical error of the ODE block's output as the tolerance varies; (b) NFE-F "
-            "against wall time of a forward pass (relative to the fastest); (c) NFE-B against NFE-F per training "
-            "step (paper: backward about half of forward); (d) NFE per training step over training (paper: it grows). "
-            "Points in (c)-(d) marked 'training' are the runs' metrics.jsonl windows (CSV `figure3_training.csv`).",
-            "")
+    return claims
 
 
 def memory(rep: Page) -> None:
