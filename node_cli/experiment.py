@@ -144,14 +144,19 @@ def report_lines(summary: dict, out_dir) -> list[str]:
     return lines
 
 
-def finish(summary: dict, out_dir) -> None:
-    """Print the run's report; a stopped run stops the whole command, a failed one is counted."""
-    print("\n".join(report_lines(summary, out_dir)), flush=True)
+def exit_status(summary: dict) -> int:
+    """The exit status a run's summary gives its command: 0 ok, 128 + the signal's number when it was stopped
+    (130 for Ctrl-C), 1 otherwise."""
     if summary["status"] == "interrupted":
-        INTERRUPTED.append(str(out_dir))
-        raise KeyboardInterrupt   # the summary is written; stop the whole command, sweeps included
-    if summary["status"] != "ok":
+        return 128 + (stop.last_signal or 2)
+    return 0 if summary["status"] == "ok" else 1
+
+
+def finish(summary: dict, out_dir) -> int:
+    """Print the run's report (and why it failed, if it did); return its exit status (`exit_status`)."""
+    print("\n".join(report_lines(summary, out_dir)), flush=True)
+    if summary["status"] not in ("ok", "interrupted"):
         kept = "last good checkpoint kept" if (Path(out_dir) / CHECKPOINT).is_file() else "no checkpoint yet"
         print(f"node-run: error: run {summary['status']}: {summary['error']} "
               f"(summary in {Path(out_dir) / SUMMARY}; {kept})", file=sys.stderr, flush=True)
-        FAILED.append(str(out_dir))
+    return exit_status(summary)

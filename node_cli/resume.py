@@ -91,7 +91,7 @@ def prepare(folder: Path, changes: dict):
 
 def main(argv: list[str]) -> None:
     from .core import stop
-    from .experiment import FAILED, execute, finish
+    from .experiment import execute, finish
     from . import families
 
     held = contextlib.ExitStack()   # the folder's lock, from before the config is rewritten to the end
@@ -119,7 +119,7 @@ def main(argv: list[str]) -> None:
     try:
         with stop.watch(immediate=True):
             summary = execute(cfg, folder, resume=ckpt, history=history)
-        finish(summary, folder)
+        status = finish(summary, folder)
     except (ConfigError, DataError, StorageError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
@@ -129,5 +129,7 @@ def main(argv: list[str]) -> None:
     finally:
         logger.removeHandler(handler)
         held.close()
-    if FAILED:
-        sys.exit(1)
+    if status > 128:
+        print(f"node-run: interrupted; {folder / SUMMARY} says so", file=sys.stderr)
+    if status:
+        sys.exit(status)
