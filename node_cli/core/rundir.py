@@ -236,7 +236,7 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
-# Before `task` took the families' folder names it named them otherwise: runs written then are read with today's
+# Before `task` took the names of the family folders it named them otherwise: runs written then read with today's
 OLD_TASKS = {"classify": "mnist", "latent": "spirals", "flow": "flows"}
 
 
