@@ -21,11 +21,11 @@ from omegaconf import OmegaConf
 from hydra.experimental.callback import Callback
 
 from . import families
-from .core.checks import ConfigError, DataError, StorageError, one_line, validate
+from .core.checks import ConfigError, DataError, StorageError, one_line
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
-from .core.rundir import (CHECKPOINT, CLAIM, CONFIG, METRICS, SUMMARY, check_state, claim, holds_run, in_use,
-                           load_checkpoint, locked, read_summary, resumes)
+from .core.rundir import (CHECKPOINT, CLAIM, CONFIG, METRICS, SUMMARY, claim, holds_run, in_use, locked,
+                           read_checkpoint, read_summary, resumes)
 from .experiment import FAILED, INTERRUPTED, execute, finish
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",
@@ -49,7 +49,14 @@ def run(cfg) -> float | None:
     except KeyboardInterrupt:
         INTERRUPTED.append(out_dir)
         raise
-    finish(summary, out_dir)
+    # @hydra.main discards what its task returns (a job's return is its objective, for a search sweeper): the job's
+    # exit status goes to main through experiment.FAILED / INTERRUPTED (one module, whichever way node-run started)
+    status = finish(summary, out_dir)
+    if status > 128:   # stopped: stop the whole command, sweeps included (an exception is Hydra's only way out)
+        INTERRUPTED.append(out_dir)
+        raise KeyboardInterrupt
+    if status:
+        FAILED.append(out_dir)
     value = summary.get("objective_value")
     ok = summary["status"] == "ok" and isinstance(value, (int, float)) and math.isfinite(value)
     return float(value) if ok else None
@@ -69,10 +76,9 @@ def requeued(cfg, out_dir) -> dict:
                   "again", file=sys.stderr, flush=True)
             return dict(history=resumes(folder))
         return {}
-    ckpt = load_checkpoint(folder / CHECKPOINT)
-    if ckpt.get("config") != OmegaConf.to_container(cfg) or ckpt.get("format") != 2:
+    ckpt = read_checkpoint(folder / CHECKPOINT, "resume")
+    if ckpt.get("config") != OmegaConf.to_container(cfg):
         raise ConfigError(f"{folder} holds another run; node-run never overwrites a run")
-    check_state(ckpt, folder / CHECKPOINT)
     history = resumes(folder)
     print(f"node-run: {folder} holds this job's interrupted run: continuing from step {ckpt['step']}",
           file=sys.stderr, flush=True)
@@ -134,7 +140,6 @@ def precheck(argv: list[str], dry: bool = False) -> list[str] | list[list[str]]:
     claim the folders the jobs will write (refusing any that holds a run) and return the overrides that pin them,
     so that Hydra writes exactly there. `dry`: claim nothing, return each job's overrides (`node-run check`)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.types import Glob
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     args, parsed = _parse([a for a in argv if not a.startswith("-")])
@@ -148,6 +153,33 @@ def precheck(argv: list[str], dry: bool = False) -> list[str] | list[list[str]]:
                               "name the config group that has this key, e.g. dataset=spirals)") from None
     target = str(OmegaConf.select(fixed, "hydra.sweeper._target_", default="")) if multirun else ""
     sweeper = "basic" if target.endswith("BasicSweeper") or not multirun else target
+    args, parsed, probes = _expand(args, parsed, sweeper)
+    _known_options(parsed)
+    _refuse_appended(args, parsed)
+    jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [args]
+    names = []
+    for job in jobs[:MAX_PRECHECK] + [jobs[0] + [probe] for probe in probes]:
+        cfg = compose(job)
+        families.check(cfg)
+        names.append(cfg.name)
+    name = sweep_name(names) if multirun and not any(a.startswith("hydra.sweep.dir=") for a in args) else None
+    if dry:   # refuse a folder that holds a run, as a real command would, but claim none
+        claim_folders(jobs, multirun, dry=True, name=name)
+        return jobs
+    if sweeper != "basic":   # a search sweeper runs hydra.sweeper.n_trials jobs (when it says how many)
+        trials = OmegaConf.select(fixed, "hydra.sweeper.n_trials")
+        jobs = jobs * int(trials) if isinstance(trials, int) and trials > 0 else jobs
+    try:
+        return claim_folders(jobs, multirun, name=name)
+    except OSError as exc:   # a read-only place, a path through a file, /proc, a name too long
+        raise ConfigError(f"cannot make the run folder: {exc.strerror or one_line(exc)}: {exc.filename}") from None
+
+
+def _expand(args: list[str], parsed: list, sweeper: str) -> tuple[list[str], list, list[str]]:
+    """The overrides with glob() expanded as Hydra would; a search sweeper's sweeps (`sweeper` is not "basic") are
+    taken out, and the values they may take (an interval's ends) returned as `probes` to check on their own."""
+    from hydra.core.override_parser.types import Glob
+
     expanded, probes = [], []
     for a, o in zip(args, parsed):
         if isinstance(o.value(), Glob):   # the usual "every experiment" recipe: expand it here, as Hydra would
@@ -168,35 +200,21 @@ def precheck(argv: list[str], dry: bool = False) -> list[str] | list[list[str]]:
             probes += [f"{o.key_or_group}={v}" for v in values]
             continue
         expanded.append((a, o))
-    args, parsed = [a for a, _ in expanded], [o for _, o in expanded]
-    _known_options(parsed)
+    return [a for a, _ in expanded], [o for _, o in expanded], probes
+
+
+def _refuse_appended(args: list[str], parsed: list) -> None:
+    """`+solver.rtl=1e-3` would add a key node-run never reads: refuse it, naming the nearest key."""
     appended = [o for o in parsed if o.is_add() or o.is_force_add()]
-    if appended:   # `+solver.rtl=1e-3` would add a key node-run never reads: refuse it, naming the nearest key
-        base = compose([a for a, o in zip(args, parsed) if o not in appended and not o.is_sweep_override()])
-        known = keys(base)
-        for o in appended:
-            key = o.key_or_group
-            if key.split(".")[0] != "hydra" and key not in known and o.get_key_element().lstrip("+") not in GROUPS:
-                raise ConfigError(f"unknown key {key!r}: node-run has no such setting, and adding it with + would "
-                                  f"be silently ignored{nearest(key, known)}")
-    jobs = BasicSweeper.split_arguments(parsed, None)[0] if multirun else [args]
-    names = []
-    for job in jobs[:MAX_PRECHECK] + [jobs[0] + [probe] for probe in probes]:
-        cfg = compose(job)
-        validate(cfg)
-        families.check(cfg)
-        names.append(cfg.name)
-    name = sweep_name(names) if multirun and not any(a.startswith("hydra.sweep.dir=") for a in args) else None
-    if dry:   # refuse a folder that holds a run, as a real command would, but claim none
-        claim_folders(jobs, multirun, dry=True, name=name)
-        return jobs
-    if sweeper != "basic":   # a search sweeper runs hydra.sweeper.n_trials jobs (when it says how many)
-        trials = OmegaConf.select(fixed, "hydra.sweeper.n_trials")
-        jobs = jobs * int(trials) if isinstance(trials, int) and trials > 0 else jobs
-    try:
-        return claim_folders(jobs, multirun, name=name)
-    except OSError as exc:   # a read-only place, a path through a file, /proc, a name too long
-        raise ConfigError(f"cannot make the run folder: {exc.strerror or one_line(exc)}: {exc.filename}") from None
+    if not appended:
+        return
+    base = compose([a for a, o in zip(args, parsed) if o not in appended and not o.is_sweep_override()])
+    known = keys(base)
+    for o in appended:
+        key = o.key_or_group
+        if key.split(".")[0] != "hydra" and key not in known and o.get_key_element().lstrip("+") not in GROUPS:
+            raise ConfigError(f"unknown key {key!r}: node-run has no such setting, and adding it with + would "
+                              f"be silently ignored{nearest(key, known)}")
 
 
 def _known_options(parsed) -> None:

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from . import families
 from .core import stop, threads
-from .core.checks import ConfigError, DataError, StorageError, io_error, one_line, resolve_device, validate
+from .core.checks import ConfigError, DataError, StorageError, io_error, one_line, resolve_device
 from .core.clock import provenance
 from .core.compose import compose
 from .core.measure import count_parameters
@@ -24,9 +24,8 @@ INTERRUPTED: list[str] = []   # runs of this process that were stopped (their su
 
 
 def configure(overrides: list[str]):
-    """The config `overrides` compose to, after the shared checks and its family's own (ConfigError if bad)."""
+    """The config `overrides` compose to, checked (families.check: ConfigError if bad)."""
     cfg = compose(overrides)
-    validate(cfg)
     families.check(cfg)
     return cfg
 
@@ -74,8 +73,7 @@ def _execute(cfg, out_dir, resume: dict | None, history: list | None) -> dict:
              cfg.name, device, OmegaConf.to_yaml(cfg))
     with stop.watch(immediate=True):   # a signal while loading stops at once; fit's steps end cleanly
         try:
-            validate(cfg)
-            families.check(cfg)
+            families.check(cfg)   # a no-op for a config the pre-check (or `configure`) checked in this process
             # torch threads for this run (the summary's `threads` then says what was used, and why)
             summary.update(threads.apply(cfg.get("threads", "auto"), families.get(cfg.task).threads))
             log.info("%s", threads.describe(summary))
@@ -146,14 +144,19 @@ def report_lines(summary: dict, out_dir) -> list[str]:
     return lines
 
 
-def finish(summary: dict, out_dir) -> None:
-    """Print the run's report; a stopped run stops the whole command, a failed one is counted."""
-    print("\n".join(report_lines(summary, out_dir)), flush=True)
+def exit_status(summary: dict) -> int:
+    """The exit status a run's summary gives its command: 0 ok, 128 + the signal's number when it was stopped
+    (130 for Ctrl-C), 1 otherwise."""
     if summary["status"] == "interrupted":
-        INTERRUPTED.append(str(out_dir))
-        raise KeyboardInterrupt   # the summary is written; stop the whole command, sweeps included
-    if summary["status"] != "ok":
+        return 128 + (stop.last_signal or 2)
+    return 0 if summary["status"] == "ok" else 1
+
+
+def finish(summary: dict, out_dir) -> int:
+    """Print the run's report (and why it failed, if it did); return its exit status (`exit_status`)."""
+    print("\n".join(report_lines(summary, out_dir)), flush=True)
+    if summary["status"] not in ("ok", "interrupted"):
         kept = "last good checkpoint kept" if (Path(out_dir) / CHECKPOINT).is_file() else "no checkpoint yet"
         print(f"node-run: error: run {summary['status']}: {summary['error']} "
               f"(summary in {Path(out_dir) / SUMMARY}; {kept})", file=sys.stderr, flush=True)
-        FAILED.append(str(out_dir))
+    return exit_status(summary)

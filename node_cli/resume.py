@@ -18,8 +18,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .core.checks import ConfigError, DataError, StorageError, integer, one_line
-from .core.rundir import (BUDGET, CHECKPOINT, CONFIG, RESUMABLE, SUMMARY, atomic_write, check_state, load_checkpoint,
-                           load_config, locked, read_summary, resumes)
+from .core.rundir import (BUDGET, CHECKPOINT, CONFIG, RESUMABLE, SUMMARY, atomic_write, load_config, locked,
+                           read_checkpoint, read_summary, resumes)
 
 
 def parse(argv: list[str]) -> tuple[Path, dict]:
@@ -65,11 +65,7 @@ def prepare(folder: Path, changes: dict):
         for key, value in changes.items():
             OmegaConf.update(cfg, key, value)
         return cfg, None, resumes(folder)
-    ckpt = load_checkpoint(folder / CHECKPOINT)
-    if ckpt.get("format") != 2:
-        raise ConfigError(f"{folder / CHECKPOINT} was written by an older node-run without the training state "
-                          "(random generators, counters): it cannot be continued exactly; start a new run")
-    check_state(ckpt, folder / CHECKPOINT)
+    ckpt = read_checkpoint(folder / CHECKPOINT, "resume")
     cfg = load_config(folder)
     if OmegaConf.to_container(cfg) != ckpt["config"]:
         raise ConfigError(f"{folder / CONFIG} no longer matches the checkpoint's config; it cannot be continued")
@@ -95,15 +91,13 @@ def prepare(folder: Path, changes: dict):
 
 def main(argv: list[str]) -> None:
     from .core import stop
-    from .core.checks import validate
-    from .experiment import FAILED, execute, finish
+    from .experiment import execute, finish
     from . import families
 
     held = contextlib.ExitStack()   # the folder's lock, from before the config is rewritten to the end
     try:
         folder, changes = parse(argv)
         cfg, ckpt, history = prepare(folder, changes)
-        validate(cfg)
         families.check(cfg)
         held.enter_context(locked(folder))
     except (ConfigError, DataError) as exc:
@@ -125,7 +119,7 @@ def main(argv: list[str]) -> None:
     try:
         with stop.watch(immediate=True):
             summary = execute(cfg, folder, resume=ckpt, history=history)
-        finish(summary, folder)
+        status = finish(summary, folder)
     except (ConfigError, DataError, StorageError) as exc:
         print(f"node-run: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
@@ -135,5 +129,7 @@ def main(argv: list[str]) -> None:
     finally:
         logger.removeHandler(handler)
         held.close()
-    if FAILED:
-        sys.exit(1)
+    if status > 128:
+        print(f"node-run: interrupted; {folder / SUMMARY} says so", file=sys.stderr)
+    if status:
+        sys.exit(status)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from node_cli.core.rundir import CHECKPOINT, load_checkpoint
+from node_cli.core.rundir import CHECKPOINT, read_checkpoint
 from node_cli.core.solve import nfe
 from node_cli.families.flows.task import FlowTask
 
@@ -38,7 +38,7 @@ def main(argv=None):
     print("| run | experiment | tol | NFE-F | NFE-B default | NFE-B seminorm | saved |")
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
-        ck = load_checkpoint(run / CHECKPOINT)
+        ck = read_checkpoint(run / CHECKPOINT, "evaluate")
         cfg = OmegaConf.create(ck["config"])
         if cfg.model.name != "cnf":
             continue

@@ -1,4 +1,4 @@
-"""A run's life when it is killed, stopped or shared (issue 21), on a tiny dynamics_spiral run of 20 steps with an
+"""A run's life when it is killed, stopped or shared, on a tiny dynamics_spiral run of 20 steps with an
 evaluation every 5. Each stopped, killed or restarted run is compared with the same run never stopped: the same
 metrics lines, weights and summary (timings aside), every frame of training.gif.
 

@@ -134,7 +134,7 @@ def test_resume_refuses_what_would_change_the_run(tmp_path, fake_mnist):
         prepare(folder, {"trainer.max_steps": 8})
 
 
-# --------------------------------------------------------------- issue 21: a run that cannot be continued is one line
+# ------------------------------------------------------------------------- a run that cannot be continued is one line
 def _not_yaml(folder):
     with open(folder / CONFIG, "a") as f:
         f.write("broken: [\n")

@@ -60,8 +60,8 @@ def parse(argv, cmds: dict):
                    "mostly wait for each other; every runner gets the same)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--families", default=None, help="families: comma-separated of " + ",".join(cross.specs())
-                   + " (default all); contention: of " + ",".join(contention.FAMILIES)
-                   + " (default " + ",".join(contention.DEFAULT_FAMILIES) + "); reference: of "
+                   + " (default all); contention: of " + ",".join(contention.specs())
+                   + " (default " + ",".join(contention.default_families()) + "); reference: of "
                    + ",".join(reference.loops()) + " (default all)")
     p.add_argument("--family-steps", type=int, default=None, help="families: optimizer steps (default: trainer=quick)")
     p.add_argument("--eval-every", type=int, default=25, help="families: steps between evaluations (default 25)")
@@ -92,7 +92,7 @@ def parse(argv, cmds: dict):
         if value is not None and value < 1:
             raise ConfigError(f"--{key.replace('_', '-')}={value} is not allowed: it must be a positive integer")
     if args.command == "contention":
-        args.families = _items(args.families or ",".join(contention.DEFAULT_FAMILIES), tuple(contention.FAMILIES),
+        args.families = _items(args.families or ",".join(contention.default_families()), tuple(contention.specs()),
                                "--families family")
         args.policies = _items(args.policies, tuple(contention.POLICIES), "--policies policy")
         from ..core.threads import every_core

@@ -1,7 +1,7 @@
 """`node-bench contention`: one family's training step, idle and beside N busy processes, under each thread policy.
 
 Why: on a shared CPU, OpenMP threads that spin while they wait for a descheduled sibling can make a step many
-times slower (issue 16). This measures it, so that node-run's defaults (core/threads.py) are chosen, and kept, by
+times slower. This measures it, so that node-run's defaults (core/threads.py) are chosen, and kept, by
 measurement.
 
 How: every (family, policy, load) cell is a fresh process (`python -m node_cli.bench.contention SPEC`), because
@@ -21,15 +21,18 @@ import subprocess
 import sys
 import time
 
-# family -> (experiment, overrides) whose training step is timed
-FAMILIES = {
-    "mnist": ("mnist_odenet", ["solver.method=dopri5", "solver.rtol=1e-3", "solver.atol=1e-3",
-                               "trainer.batch_size=128"]),
-    "spirals": ("spiral_latent_ode", []),
-    "flows": ("cnf_circles", []),
-    "dynamics": ("dynamics_spiral", []),
-}
-DEFAULT_FAMILIES = ("mnist", "spirals", "flows")
+
+
+def specs() -> dict:
+    """family -> its ContentionSpec (the experiment whose training step is timed), from the families' registry."""
+    from .. import families
+
+    return {f.name: f.contention for f in families.every() if f.contention is not None}
+
+
+def default_families() -> tuple[str, ...]:
+    return tuple(name for name, spec in specs().items() if spec.default)
+
 
 # policy -> (threads: "all" = every core, a number, or "auto" = node-run's own choice; extra environment, or None
 # for node-run's own wait setting: core/threads.py in an environment where the user set nothing)
@@ -101,11 +104,10 @@ def measure(args, log) -> tuple[list[dict], list[dict], list[int]]:
     cores = every_core()
     cells, rows, pids = [], [], []
     for family in args.families:
-        experiment, overrides = FAMILIES[family]
+        timed = specs()[family]
+        experiment = timed.experiment
         overrides = [f"experiment={experiment}", "device=cpu", "trainer.progress=false", f"seed={args.seed}",
-                     *overrides]
-        if family == "mnist":
-            overrides += [f"dataset.root={args.data_root}", "dataset.download=false"]
+                     *timed.overrides, *timed.from_args(args)]
         for policy in args.policies:
             env, setting = cell_environment(policy, cores)
             spec = dict(family=family, overrides=overrides, threads=setting, steps=args.steps, warmup=args.warmup)
@@ -157,7 +159,7 @@ def header(args, env_start: dict, env_end: dict) -> str:
             f"beside {args.load} `while True: pass` processes started before the cell and killed after it. "
             f"threads: torch.get_num_threads() inside the cell; `auto`: node-run's own policy (core/threads.py) "
             f"when the user sets nothing. Ratios: loaded / idle of the same policy, and each against the family's "
-            f"best idle time. Families: " + ", ".join(f"{f} = {FAMILIES[f][0]}" for f in args.families) + ".")
+            f"best idle time. Families: " + ", ".join(f"{f} = {specs()[f].experiment}" for f in args.families) + ".")
 
 
 def _load(env: dict) -> str:

@@ -112,7 +112,7 @@ def field_seconds(block: ODEBlock, t, y, reps: int) -> tuple[float, float]:
     """(forward without a graph, forward + backward) seconds of one evaluation of the block's field at (t, y):
     medians over `reps` calls. The backward differentiates every output with respect to the state and the
     parameters, as backprop through the solver and the adjoint's vector-Jacobian products do."""
-    field = block.field.field
+    field = block.vector_field
     fwd, both = [], []
     for _ in range(reps):
         tic = time.perf_counter()

@@ -57,7 +57,7 @@ def differences(run: Run, experiment: str | None, ignore=()) -> list[str]:
 
 def limited(run: Run) -> bool:
     """A run whose final evaluation scored only part of the test split (trainer.final_eval_limit: smoke runs)."""
-    return run.c("trainer.final_eval_limit") is not None
+    return run.setting("trainer.final_eval_limit") is not None
 
 
 def select(cands: list[Run]) -> tuple[list[Run], list[tuple[Run, str]]]:
@@ -73,13 +73,13 @@ def select(cands: list[Run]) -> tuple[list[Run], list[tuple[Run, str]]]:
 
 def mean(runs, key):
     """The mean of a summary number over runs (None if no run has it)."""
-    values = [v for v in (r.s(key) for r in runs) if v is not None]
+    values = [v for v in (r.number(key) for r in runs) if v is not None]
     return sum(values) / len(values) if values else None
 
 
 def seeds(runs) -> str:
     """How many distinct seeds a mean is over: '3 seeds', or '2 runs, 1 seed' when runs repeat a seed."""
-    n = len({r.c("seed") for r in runs})
+    n = len({r.setting("seed") for r in runs})
     counted = f"{n} seed{'s' if n != 1 else ''}"
     return counted if n == len(runs) else f"{len(runs)} runs, {counted}"
 

@@ -5,7 +5,8 @@
 - `metrics.jsonl`: one JSON object per evaluation, appended and flushed as it happens.
 - `summary.json`: written atomically (temp file, then rename) when the run ends, whatever its status.
 - `checkpoint.pt`: written atomically at every evaluation whose metrics are finite: the last good state. It holds
-  only tensors, numbers, strings, lists and dicts, so `load_checkpoint` reads it with `weights_only=True`.
+  only tensors, numbers, strings, lists and dicts, so `load_checkpoint` reads it with `weights_only=True`; its
+  `format` says which keys it holds, and `read_checkpoint` is the one reader that knows which formats it can read.
 - `resumed.json`: every process that continued the run (resume=, a requeued job, a restart), written atomically
   when that process starts: the summary's `resumed`, even for processes that were killed.
 - `.node-run.claim`: the claim marker; the process that runs the run holds an exclusive lock (flock) on it for its
@@ -235,6 +236,19 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+# Before `task` took the names of the family folders it named them otherwise: runs written then read with today's
+OLD_TASKS = {"classify": "mnist", "latent": "spirals", "flow": "flows"}
+
+
+def current_names(config):
+    """A run's config or summary (a dict or a DictConfig) with today's names in place of an old run's (`task`).
+    Every reader of run folders and checkpoints passes what it read through this, so old runs read as new ones."""
+    task = config.get("task")
+    if isinstance(task, str) and task in OLD_TASKS:
+        config["task"] = OLD_TASKS[task]
+    return config
+
+
 def load_config(folder):
     """A run's `.hydra/config.yaml` as node-run wrote it (tags such as !!python are refused, never executed); a
     missing, unreadable or foreign file is one ConfigError."""
@@ -249,7 +263,38 @@ def load_config(folder):
             raise ValueError("not a node-run config (no task or solver)")
     except Exception as exc:  # noqa: BLE001 - not YAML, a tag no safe loader builds, or not a mapping
         raise ConfigError(f"cannot read {folder / CONFIG}: {one_line(exc, 200)}") from None
-    return cfg
+    return current_names(cfg)
+
+
+# Checkpoint formats. FORMAT: what core/train.py writes now, and the newest this node-run reads. A format adds keys
+# or changes their meaning; bump it then, and raise READS[purpose] for a use that cannot read the older ones.
+# 1 (no "format" key): weights and config only; 2: the whole training state (STATE_KEYS), so a run can continue.
+FORMAT = 2
+READS = dict(evaluate=1, resume=2)   # the oldest format each use of a checkpoint can read
+
+
+def read_checkpoint(path, purpose: str) -> dict:
+    """A checkpoint read for `purpose` ('evaluate': its weights and config; 'resume': the whole training state).
+    A format this node-run cannot read for that purpose, newer or older, and a damaged file are one ConfigError."""
+    ckpt = load_checkpoint(path)
+    version, oldest = ckpt.get("format", 1), READS[purpose]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ConfigError(f"{path} is damaged or was not written by node-run (format={version!r})")
+    readable = f"{oldest}-{FORMAT}" if oldest < FORMAT else f"{FORMAT}"
+    if version > FORMAT:
+        raise ConfigError(f"{path} was written by a newer node-run (checkpoint format {version}; this one reads "
+                          f"{readable}): update node-run to use it")
+    if version < oldest:
+        raise ConfigError(f"{path} was written by an older node-run (checkpoint format {version}; to {purpose} a run "
+                          f"this one reads {readable}): " + dict(
+                              resume="it lacks training state (random generators, counters), so it cannot be "
+                                     "continued exactly; start a new run",
+                              evaluate="evaluate it with the node-run that wrote it")[purpose])
+    if purpose == "resume":
+        check_state(ckpt, path)
+    if isinstance(ckpt["config"], dict):
+        current_names(ckpt["config"])
+    return ckpt
 
 
 # What continuing a run reads from its checkpoint (format 2: core/train.py's Loop.state and Loop.restore)
@@ -279,7 +324,7 @@ class Run:
     id: str = ""
     used: list = field(default_factory=list)
 
-    def c(self, dotted: str, default=None):
+    def setting(self, dotted: str, default=None):
         """A config value by its dotted key, `default` if absent."""
         node = self.cfg
         for key in dotted.split("."):
@@ -288,7 +333,7 @@ class Run:
             node = node[key]
         return node
 
-    def s(self, key: str):
+    def number(self, key: str):
         """A finite number from the summary, else None."""
         v = (self.summary or {}).get(key)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
@@ -299,11 +344,11 @@ class Run:
 
     @property
     def task(self):
-        return self.c("task")
+        return self.setting("task")
 
     @property
     def model(self):
-        return self.c("model.name")
+        return self.setting("model.name")
 
     @property
     def kind(self) -> str:
@@ -355,6 +400,8 @@ def load_run(path: Path) -> Run:
                 run.cfg = OmegaConf.to_container(loaded, resolve=True)   # e.g. solver.atol=${solver.rtol}
             except Exception:
                 run.cfg = OmegaConf.to_container(loaded, resolve=False)
+            if isinstance(run.cfg, dict):
+                current_names(run.cfg)
         except Exception as exc:
             run.problems.append(f"{CONFIG} is unreadable: {one_line(exc, 200)}")
     else:
@@ -374,7 +421,7 @@ def load_run(path: Path) -> Run:
             run.problems.append(f"{METRICS}: {bad} unreadable line(s) skipped (half-written or damaged?)")
     if (run.path / SUMMARY).is_file():
         try:
-            run.summary = read_summary(run.path)
+            run.summary = current_names(read_summary(run.path))
             run.status = str(run.summary.get("status", "unknown"))
         except ValueError as exc:
             run.summary = None

@@ -188,6 +188,12 @@ class ODEBlock(nn.Module):
         self.solves = 0   # forward solves (calls of forward and at_rows)
 
     @property
+    def vector_field(self) -> nn.Module:
+        """The field this block solves, as its model built it (`self.field` is that field inside its counter; the
+        attribute path, field.field, stays as it is: it names the weights in every checkpoint)."""
+        return self.field.field
+
+    @property
     def nfe_backward(self) -> int:
         return self.field.calls - self.nfe_forward
 

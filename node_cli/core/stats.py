@@ -37,15 +37,15 @@ def sd(values) -> float | None:
 
 def pair_key(run) -> tuple:
     """What makes two runs of different models a pair: the same model seed on the same data."""
-    return run.c("seed"), run.c("dataset.seed")
+    return run.setting("seed"), run.setting("dataset.seed")
 
 
 def by_seed(runs, metric: str) -> dict:
     """{pair_key: the metric}, one entry per distinct seed (a seed with several runs: their mean)."""
     values: dict = {}
     for run in runs:
-        if run.s(metric) is not None:
-            values.setdefault(pair_key(run), []).append(run.s(metric))
+        if run.number(metric) is not None:
+            values.setdefault(pair_key(run), []).append(run.number(metric))
     return {k: sum(v) / len(v) for k, v in values.items()}
 
 
@@ -166,7 +166,7 @@ def machines(runs) -> str:
     def values(get):
         return sorted({str(v) for v in (get(r) for r in runs) if v is not None})
 
-    seeds = sorted({r.c("seed") for r in runs if r.c("seed") is not None}, key=str)
+    seeds = sorted({r.setting("seed") for r in runs if r.setting("seed") is not None}, key=str)
     parts = [", ".join(values(lambda r: (r.summary or {}).get("device_name"))) or "machine not recorded",
              "threads " + (", ".join(values(lambda r: (r.summary or {}).get("threads"))) or "?"),
              "torch " + (", ".join(values(lambda r: ((r.summary or {}).get("versions") or {}).get("torch"))) or "?"),

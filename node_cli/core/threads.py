@@ -1,6 +1,6 @@
 """The thread policy: how many torch threads a run uses, and how long idle OpenMP threads spin before they sleep.
 
-Why (issue 16): torch's OpenMP (GNU libgomp) threads spin while they wait for a sibling. On a shared CPU the
+Why: torch's OpenMP (GNU libgomp) threads spin while they wait for a sibling. On a shared CPU the
 sibling is often descheduled, so the spinning eats the core it needs: a 2-thread MNIST step beside two busy
 processes ran up to 12x slower than idle. A bounded spin (`GOMP_SPINCOUNT`) keeps the idle speed and removes most
 of that loss; tiny models (spirals, flows, dynamics) are fastest on one thread anyway. `node-bench contention`

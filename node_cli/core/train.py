@@ -39,7 +39,7 @@ from . import measure, stop
 from .checks import one_line
 from .meter import Count, Meter
 from .progress import bar as progress_bar
-from .rundir import METRICS, RunDir
+from .rundir import FORMAT, METRICS, RunDir
 from .solve import nfe_note
 
 
@@ -65,7 +65,6 @@ class SolverFailure(RuntimeError):
 
 log = logging.getLogger("node_run")
 FAILURES = (AssertionError, RuntimeError, FloatingPointError)  # torchdiffeq signals underflow by AssertionError
-CHECKPOINT_FORMAT = 2   # checkpoints that hold the whole training state (resumable)
 _END = object()
 
 
@@ -170,7 +169,7 @@ class Loop:
 
     def state(self, final: bool, window: dict | None = None, pending: bool = False, task: dict | None = None) -> dict:
         """The checkpoint: `window`, the meter's window to save (None: as it is now)."""
-        return dict(format=CHECKPOINT_FORMAT, pending=pending, model=self.model.state_dict(),
+        return dict(format=FORMAT, pending=pending, model=self.model.state_dict(),
                     optimizer=self.optimizer.state_dict(), scheduler=self.schedule_state(), pre_end=self.replay.pre_end,
                     step=self.step, epoch=self.epoch, in_epoch=self.in_epoch, final=final,
                     metrics=self.last_eval, metrics_step=self.last_eval_step, **self.meter.state(window),

@@ -34,6 +34,17 @@ class BenchSpec:
 
 
 @dataclass(frozen=True)
+class ContentionSpec:
+    """`node-bench contention`: the training step of `experiment` (with `overrides`, and `from_args(args)`: overrides
+    taken from node-bench's options, e.g. a data folder) is timed idle and beside busy processes; `default`: one of
+    the families measured when --families is not given."""
+    experiment: str
+    overrides: tuple[str, ...] = ()
+    default: bool = True
+    from_args: Callable = lambda args: ()
+
+
+@dataclass(frozen=True)
 class ReferenceLoop:
     """One row of `node-bench reference`: a plain loop written the way the family's reference script writes it
     (odeint called directly, a Python NFE counter, the script's optimizer and trace) on node-run's field
@@ -59,14 +70,14 @@ class BenchCommand:
 
 @dataclass(frozen=True)
 class Family:
-    name: str                                   # the folder under node_cli/families/, the docs page's name
-    task: str                                   # the config key `task` that selects it
+    name: str                                   # its folder under node_cli/families/, the config's `task`
     models: tuple[str, ...]                     # model.name values it builds
     build: Callable                             # (cfg, device) -> a core.train.Task
     check: Callable                             # (cfg) -> None; ConfigError on a bad model or dataset key
     experiment_of: Callable                     # (core.rundir.Run) -> the experiment file of its paper setting
     sections: Callable = lambda: ()             # () -> report sections, each (core.page.Page) -> None
     bench: BenchSpec | None = None              # its row of `node-bench families`
+    contention: ContentionSpec | None = None    # its rows of `node-bench contention`
     bench_commands: Callable = lambda: {}       # () -> {name: BenchCommand}
     tools: Callable = lambda: {}                # () -> {name: main(argv)}: `node-report NAME ...`
     # `node-bench reference`: () -> {row: build(configure, device, seed, batches) -> ReferenceLoop}

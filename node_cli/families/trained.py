@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from omegaconf import OmegaConf
 
-from ..core.checks import ConfigError, one_line, resolve_device, validate
+from ..core.checks import ConfigError, one_line, resolve_device
 from ..core.compose import flat, nearest
-from ..core.rundir import CHECKPOINT, CONFIG, RESUMABLE, load_checkpoint, load_config
+from ..core.rundir import CHECKPOINT, CONFIG, RESUMABLE, load_config, read_checkpoint
 from . import build, check
 
 TOLERANCES = ("solver.rtol", "solver.atol")
@@ -102,7 +102,7 @@ def load_run(run_dir, device: str = "cpu", overrides: dict | None = None,
     loaded. `accept(cfg)` may refuse a run (ConfigError) before anything is built. Every problem is one
     ConfigError (DataError when the run's data set cannot be had)."""
     run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    ckpt = read_checkpoint(run_dir / CHECKPOINT, "evaluate")
     cfg = load_config(run_dir)
     mine, theirs = flat(OmegaConf.to_container(cfg)), flat(ckpt["config"])
     differ = sorted(k for k in set(mine) | set(theirs)
@@ -115,8 +115,7 @@ def load_run(run_dir, device: str = "cpu", overrides: dict | None = None,
         accept(cfg)
     cfg.device = device
     notes, source = apply_overrides(cfg, dict(overrides or {}))
-    validate(cfg, training=False)
-    check(cfg)
+    check(cfg, training=False)
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     task = build(cfg, dev)

@@ -40,22 +40,22 @@ def per_run_section(rep: Page) -> None:
     """Every finished run that no table above used (a single FFJORD run, a run off the paper setting, ...), by
     family, with its numbers: no run is reported by its name alone."""
     for family in families.every():
-        left = [r for r in rep.runs if r.ok and not r.used and known(r) and r.task == family.task]
+        left = [r for r in rep.runs if r.ok and not r.used and known(r) and r.task == family.name]
         if not left:
             continue
         rows, rows_csv = [], []
         for r in left:
-            key = next((k for k in family.headline if r.s(k) is not None), None)
+            key = next((k for k in family.headline if r.number(k) is not None), None)
             diffs = ", ".join(rep.differences(r)) or "–"
-            rows.append([r.id, r.c("name", "?"), r.model, r.c("dataset.name", "?"), diffs,
-                         f"{key} {fmt(r.s(key), '.4g')}" if key else "–",
-                         f"{fmt(r.s('nfe_forward'), '.1f')} / {fmt(r.s('nfe_backward'), '.1f')}",
-                         fmt(r.s("sec_per_step"), ".3f"), r.steps, (r.summary or {}).get("evaluation") or "–",
+            rows.append([r.id, r.setting("name", "?"), r.model, r.setting("dataset.name", "?"), diffs,
+                         f"{key} {fmt(r.number(key), '.4g')}" if key else "–",
+                         f"{fmt(r.number('nfe_forward'), '.1f')} / {fmt(r.number('nfe_backward'), '.1f')}",
+                         fmt(r.number("sec_per_step"), ".3f"), r.steps, (r.summary or {}).get("evaluation") or "–",
                          rep.where(r.path)])
-            rows_csv.append(dict(run_id=r.id, experiment=r.c("name"), model=r.model, dataset=r.c("dataset.name"),
-                                 differs=diffs, metric=key, value=r.s(key) if key else None,
-                                 nfe_forward=r.s("nfe_forward"), nfe_backward=r.s("nfe_backward"),
-                                 sec_per_step=r.s("sec_per_step"), steps=r.steps,
+            rows_csv.append(dict(run_id=r.id, experiment=r.setting("name"), model=r.model, dataset=r.setting("dataset.name"),
+                                 differs=diffs, metric=key, value=r.number(key) if key else None,
+                                 nfe_forward=r.number("nfe_forward"), nfe_backward=r.number("nfe_backward"),
+                                 sec_per_step=r.number("sec_per_step"), steps=r.steps,
                                  evaluation=(r.summary or {}).get("evaluation"), run_dir=str(r.path)))
         rep.mark(left, f"{family.name} per-run table")
         rep.add(f"## {family.name}: finished runs in no table above", "")
@@ -69,12 +69,12 @@ def runs_section(rep: Page) -> None:
     rows, rows_csv = [], []
     for r in rep.runs:
         family = _family(r) if known(r) else None
-        head = next(((k, r.s(k)) for k in (family.headline if family else ()) if r.s(k) is not None), (None, None))
+        head = next(((k, r.number(k)) for k in (family.headline if family else ()) if r.number(k) is not None), (None, None))
         diffs = rep.differences(r) if family else []
-        rows.append([r.id, r.status, r.kind, r.c("name", "?"), ", ".join(diffs) or "–",
+        rows.append([r.id, r.status, r.kind, r.setting("name", "?"), ", ".join(diffs) or "–",
                      f"{head[0]} {head[1]:.4g}" if head[0] else "–", r.steps if r.summary else "–",
                      ", ".join(r.used) or "–", rep.where(r.path)])
-        rows_csv.append(dict(run_id=r.id, status=r.status, task=r.task, model=r.model, experiment=r.c("name"),
+        rows_csv.append(dict(run_id=r.id, status=r.status, task=r.task, model=r.model, experiment=r.setting("name"),
                              differs=" ".join(diffs), metric=head[0], value=head[1],
                              steps=r.steps if r.summary else None, used_in="; ".join(r.used), run_dir=str(r.path),
                              problems=" | ".join(r.problems)))
@@ -99,7 +99,7 @@ def build(dirs, out: Path, command: str = "node-report", found=None) -> Page:
     for run in runs:
         if run.cfg is not None and not known(run):
             run.problems.append(f"unknown kind: task {run.task!r}, model {run.model!r} (this report knows "
-                                + "; ".join(f"{f.task}: {', '.join(f.models)}" for f in families.every()) + ")")
+                                + "; ".join(f"{f.name}: {', '.join(f.models)}" for f in families.every()) + ")")
     out.mkdir(parents=True, exist_ok=True)
     rep = Page(out, dirs, runs, messages, experiment_of, known)
     counts = {}

@@ -133,7 +133,7 @@ def test_rknet_is_odenet_without_adjoint(compose):
     ("solver.adjoint_rtol=0", "solver.adjoint_rtol=0"),
     ("solver.adjoint_atol=-1e-3", "solver.adjoint_atol=-0.001"),
     ("solver.adjoint_method=bogus", "unknown solver.adjoint_method 'bogus'"),
-    # issue 21: a name is one folder name under outputs/; scipy's solve cannot be backpropagated through
+    # a name is one folder name under outputs/; scipy's solve cannot be backpropagated through
     ("name=../../escape", "name='../../escape' is not allowed: it names one folder under outputs/"),
     ("name=a/b", "name='a/b' is not allowed"),
     ("name=..", "name='..' is not allowed"),

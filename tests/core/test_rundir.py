@@ -83,3 +83,49 @@ def test_load_checkpoint_bad_files_are_one_line(tmp_path, content, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value)
+
+
+def _checkpoint(path, **extra):
+    state = dict(model={"w": torch.zeros(2)}, config={"name": "x"}, step=3, **extra)
+    torch.save(state, path)
+    return path
+
+
+def test_read_checkpoint_refuses_a_newer_format_in_one_line_naming_both(tmp_path):
+    from node_cli.core.rundir import FORMAT, READS, read_checkpoint
+
+    path = _checkpoint(tmp_path / CHECKPOINT, format=FORMAT + 1)
+    for purpose in READS:
+        with pytest.raises(ConfigError) as err:
+            read_checkpoint(path, purpose)
+        msg = str(err.value)
+        assert "\n" not in msg and str(path) in msg and "newer node-run" in msg
+        assert f"checkpoint format {FORMAT + 1};" in msg and f"reads {READS[purpose]}" in msg
+
+
+def test_read_checkpoint_reads_weights_of_any_older_format_but_resumes_only_whole_states(tmp_path):
+    from node_cli.core.rundir import read_checkpoint
+
+    path = _checkpoint(tmp_path / CHECKPOINT)                    # format 1: no "format" key, no training state
+    assert torch.equal(read_checkpoint(path, "evaluate")["model"]["w"], torch.zeros(2))
+    with pytest.raises(ConfigError, match=r"older node-run \(checkpoint format 1; .*start a new run$"):
+        read_checkpoint(path, "resume")
+    _checkpoint(path, format="2")
+    with pytest.raises(ConfigError, match=r"damaged or was not written by node-run \(format='2'\)"):
+        read_checkpoint(path, "evaluate")
+
+
+def test_an_old_runs_task_names_read_as_the_family_folders_they_were(tmp_path):
+    from node_cli.core.rundir import CONFIG, SUMMARY, load_config, load_run, read_checkpoint
+
+    for old, new in (("classify", "mnist"), ("latent", "spirals"), ("flow", "flows"), ("dynamics", "dynamics")):
+        folder = tmp_path / old
+        (folder / CONFIG).parent.mkdir(parents=True)
+        (folder / CONFIG).write_text(f"name: x\ntask: {old}\nsolver: {{rtol: 0.001}}\nmodel: {{name: m}}\n")
+        (folder / SUMMARY).write_text(f'{{"status": "ok", "task": "{old}"}}')
+        _checkpoint(folder / CHECKPOINT, format=2)
+        torch.save(dict(torch.load(folder / CHECKPOINT), config={"task": old}), folder / CHECKPOINT)
+        run = load_run(folder)
+        assert (run.task, run.summary["task"], run.kind) == (new, new, f"{new}/m")
+        assert load_config(folder).task == new
+        assert read_checkpoint(folder / CHECKPOINT, "evaluate")["config"] == {"task": new}

@@ -40,7 +40,7 @@ def test_decide_never_overrides_the_user(setting, env, family, cores, expected):
 # ------------------------------------------------------------------- the CPUs a run may use, from faked inputs
 @pytest.mark.parametrize("affinity, env, quota, expected", [
     (2, {}, None, (2, "CPU affinity")),                                        # nothing else says anything
-    (2, {"SLURM_CPUS_PER_TASK": "1"}, None, (1, "SLURM_CPUS_PER_TASK=1")),    # the 1-CPU job on 2 cores
+    (2, {"SLURM_CPUS_PER_TASK": "1"}, None, (1, "SLURM_CPUS_PER_TASK=1")),    # a 1-CPU job on 2 cores
     (8, {"SLURM_CPUS_PER_TASK": "4", "SLURM_CPUS_ON_NODE": "8"}, None, (4, "SLURM_CPUS_PER_TASK=4")),
     (8, {"SLURM_CPUS_ON_NODE": "3"}, None, (3, "SLURM_CPUS_ON_NODE=3")),       # one task: the node's allocation
     (8, {"SLURM_CPUS_ON_NODE": "4", "SLURM_NTASKS": "2"}, None, (8, "CPU affinity")),  # shared by 2 tasks: unknown

@@ -15,10 +15,10 @@ from node_cli.report.build import experiment_of, known
 
 
 @pytest.mark.parametrize("task", sorted(families.FAMILIES))
-def test_every_family_loads_under_its_own_task(task):
+def test_every_family_loads_under_its_own_folder_name(task):
     family = families.get(task)
-    assert isinstance(family, Family) and family.task == task
-    assert families.FAMILIES[task] == f"node_cli.families.{family.name}"      # the folder is its name
+    assert isinstance(family, Family) and family.name == task
+    assert (Path(families.__file__).parent / task / "__init__.py").is_file()   # the task is its folder
     assert family.models and len(set(family.models)) == len(family.models)
     assert family.headline and all(callable(s) for s in family.sections())
     for name, tool in family.tools().items():
@@ -27,7 +27,7 @@ def test_every_family_loads_under_its_own_task(task):
 
 def test_every_lists_the_families_in_registry_order_and_models_are_not_shared():
     every = families.every()
-    assert [f.task for f in every] == list(families.FAMILIES)
+    assert [f.name for f in every] == list(families.FAMILIES)
     models = [m for f in every for m in f.models]
     assert len(models) == len(set(models))        # a model name says which family it is
     assert len({f.name for f in every}) == len(every)
@@ -55,4 +55,15 @@ def test_every_family_has_an_experiment_per_model(compose):
     built = {(c.task, c.model.name) for c in (compose(f"experiment={e}") for e in options("experiment"))}
     for family in families.every():
         for model in family.models:
-            assert (family.task, model) in built, f"{family.name}: no experiment file trains {model}"
+            assert (family.name, model) in built, f"{family.name}: no experiment file trains {model}"
+
+
+def test_every_bench_experiment_a_family_names_is_its_own(compose):
+    from node_cli.bench.contention import specs
+
+    for family in families.every():
+        for spec in (family.bench, family.contention):
+            if spec is not None:
+                cfg = compose(f"experiment={spec.experiment}")
+                assert families.get(cfg.task) is family, f"{family.name}: {spec.experiment} is {cfg.task}'s"
+    assert set(specs()) == {f.name for f in families.every() if f.contention is not None}

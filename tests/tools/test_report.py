@@ -70,7 +70,7 @@ def test_joblib_sweep_runs_both_jobs_and_reports_the_failure(runs):
     assert statuses == ["failed", "ok"]
     assert "did not finish ok" in j.stderr and "Traceback" not in j.stderr
     run = load_run(root / "variants" / "0")
-    assert run.c("solver.atol") == 0.1                               # interpolations are resolved when read
+    assert run.setting("solver.atol") == 0.1                               # interpolations are resolved when read
 
 
 def test_spirals_and_flows_tables_trace_back(runs):
@@ -87,7 +87,7 @@ def test_spirals_and_flows_tables_trace_back(runs):
     for row in f4:
         run = load_run(Path(row["run_dirs"]))
         assert Path(row["run_dirs"]).parent == runs["root"] / "density"   # not the variants at rtol 0.1
-        assert run.c("dataset.target") == row["target"] and float(row["test_kl"]) == pytest.approx(run.s("test_kl"))
+        assert run.setting("dataset.target") == row["target"] and float(row["test_kl"]) == pytest.approx(run.number("test_kl"))
     names = set(runs["rep"].files)
     assert {"figure4_loss.png", "figure4_grid.png", "table2.csv", "figure4.csv", "runs.csv"} <= names
     assert any(n.startswith("fig8_latent_ode") for n in names) and any(n.startswith("fig9_") for n in names)

@@ -15,7 +15,7 @@ def _report(*args):
     ("null", None, "not an object"),
     ("[1, 2]", None, "not an object"),
     (None, "3\n", "unreadable line"),
-    # issue 21: every field is type-checked on reading
+    # every field is type-checked on reading
     ('{"status": "ok", "steps": "many"}', None,
      "summary.json is damaged or not node-run's: steps='many' is not an integer"),
     ('{"status": "ok", "test_nll": "low"}', None, "test_nll='low' is not a number or null"),

@@ -36,7 +36,7 @@ def test_every_finished_single_run_is_in_a_table_with_its_numbers(single_runs, t
     root, made = single_runs
     rep = build([str(root)], tmp_path / "rep")
     assert len(rep.runs) == 4 and all(r.ok for r in rep.runs)
-    assert all(r.used for r in rep.runs), {r.c("name"): r.used for r in rep.runs}
+    assert all(r.used for r in rep.runs), {r.setting("name"): r.used for r in rep.runs}
     ffjord = next(r for r in rep.runs if r.model == "ffjord")
     assert ffjord.used == ["flows per-run table"]
     with open(tmp_path / "rep" / "runs_flows.csv") as f:

@@ -1,4 +1,4 @@
-"""The known 2-D systems of issue 14, solved at tight tolerance on a fine grid; nothing is downloaded.
+"""The known 2-D systems the family learns, solved at tight tolerance on a fine grid; nothing is downloaded.
 
 | system | dy/dt | start |
 |---|---|---|

@@ -57,7 +57,7 @@ class DynamicsModel(nn.Module):
     @torch.no_grad()
     def field_at(self, y: torch.Tensor) -> torch.Tensor:
         """The learned field at the points y [..., dim] (the augmented channels at 0, their components dropped)."""
-        return self.ode.field.field(None, self.augment(y))[..., :self.dim]
+        return self.ode.vector_field(None, self.augment(y))[..., :self.dim]
 
 
 def build_model(m, solver_cfg, dim: int = 2) -> DynamicsModel:

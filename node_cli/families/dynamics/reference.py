@@ -33,7 +33,7 @@ def loop(configure, device, seed: int, n_batches: int, experiment: str = "dynami
     torch.manual_seed(seed)
     task = build(cfg, device)
     batches = [task.batch() for _ in range(n_batches)]
-    func = ODEFunc(copy.deepcopy(task.model.ode.field.field.net))
+    func = ODEFunc(copy.deepcopy(task.model.ode.vector_field.net))
     optimizer = torch.optim.RMSprop(func.parameters(), lr=1e-3)
     s = cfg.solver
 

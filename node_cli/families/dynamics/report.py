@@ -6,20 +6,20 @@ from ...core.tables import fmt, md_table
 
 
 def field_name(run) -> str:
-    hidden = run.c("model.hidden", [])
+    hidden = run.setting("model.hidden", [])
     hidden = [hidden] if isinstance(hidden, int) else list(hidden or [])
-    aug = run.c("model.augment_dim", 0) or 0
-    return f"2-{'-'.join(map(str, hidden))}-2 {run.c('model.activation', '?')}" + (f" +{aug} aug" if aug else "")
+    aug = run.setting("model.augment_dim", 0) or 0
+    return f"2-{'-'.join(map(str, hidden))}-2 {run.setting('model.activation', '?')}" + (f" +{aug} aug" if aug else "")
 
 
 def dynamics(rep: Page) -> None:
-    runs = rep.section("## Dynamics: neural vector fields of known 2-D systems (issue 14)", "dynamics", "dynamics",
+    runs = rep.section("## Dynamics: neural vector fields of known 2-D systems", "dynamics", "dynamics",
                        "`node-run experiment=dynamics_<system>` (docs/families/dynamics.md)")
     if not runs:
         return
     cells: dict = {}
     for r in runs:
-        cells.setdefault((str(r.c("dataset.system")), field_name(r)), []).append(r)
+        cells.setdefault((str(r.setting("dataset.system")), field_name(r)), []).append(r)
     rows_md, rows_csv, figures = [], [], []
     for (system, field), cell in sorted(cells.items()):
         used, skipped = select(cell)

@@ -38,7 +38,6 @@ def grid_box(truth: torch.Tensor, margin: float = 0.25, n: int = 15) -> torch.Te
 
 class DynamicsTask:
     def __init__(self, cfg, device: torch.device):
-        check(cfg)
         self.cfg, self.device = cfg, device
         d = cfg.dataset
         self.data64 = generate(d)
@@ -108,11 +107,9 @@ class DynamicsTask:
 
 def build(cfg, device):
     if cfg.dataset.system == ANNULI:
-        check(cfg)
         from .annuli import AnnuliTask
         return AnnuliTask(cfg, device)
     if cfg.dataset.system == CROSSING:
-        check(cfg)
         from .crossing import CrossingTask
         return CrossingTask(cfg, device)
     return DynamicsTask(cfg, device)

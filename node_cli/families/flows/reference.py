@@ -60,7 +60,7 @@ def cnf_loop(configure, device, seed: int, n_batches: int) -> ReferenceLoop:
     torch.manual_seed(seed)
     task = FlowTask(cfg, device)
     batches = [next(iter(task.train_batches(0))) for _ in range(n_batches)]
-    func = CNF(copy.deepcopy(task.model.block.field.field.hyper), int(cfg.model.width))
+    func = CNF(copy.deepcopy(task.model.block.vector_field.hyper), int(cfg.model.width))
     optimizer = torch.optim.Adam(func.parameters(), lr=1e-3)
     std = float(cfg.dataset.base_std)
     p_z0 = torch.distributions.MultivariateNormal(loc=torch.zeros(2, device=device),

@@ -17,19 +17,19 @@ from ...core.rundir import Run, read_metrics
 
 
 def flows(rep: Page) -> None:
-    runs = rep.section("## Figures 4-6: continuous normalizing flows in 2-D (paper section 4)", "flow", "flow",
+    runs = rep.section("## Figures 4-6: continuous normalizing flows in 2-D (paper section 4)", "flows", "flow",
                        "`scripts/flows_tables.sh`")
     if not runs:
         return
-    _flows_ml(rep, [r for r in runs if r.c("dataset.name") in ("circles", "moons")])
-    _flows_density(rep, [r for r in runs if r.c("dataset.name") == "density"])
+    _flows_ml(rep, [r for r in runs if r.setting("dataset.name") in ("circles", "moons")])
+    _flows_density(rep, [r for r in runs if r.setting("dataset.name") == "density"])
     _best_of_settings(rep, runs)
     _seminorm(rep, runs)
     _ffjord(rep, [r for r in runs if r.model == "ffjord"])
 
 
 def _capacity(run: Run):
-    return run.c("model.width") if run.model == "cnf" else run.c("model.depth")
+    return run.setting("model.width") if run.model == "cnf" else run.setting("model.depth")
 
 
 def _flows_ml(rep: Page, runs) -> None:
@@ -40,7 +40,7 @@ def _flows_ml(rep: Page, runs) -> None:
     rows_md, rows_csv, pics = [], [], []
     for data in ("circles", "moons"):
         for label, model, key in (("CNF", "cnf", "M"), ("NF", "nf", "K")):
-            cell = rep.paper_setting([r for r in runs if r.model == model and r.c("dataset.name") == data])
+            cell = rep.paper_setting([r for r in runs if r.model == model and r.setting("dataset.name") == data])
             used, skipped = select(cell)
             if not cell:
                 continue
@@ -77,7 +77,7 @@ def _flows_density(rep: Page, runs) -> None:
         return
     cells: dict[tuple, list] = {}
     for r in rep.paper_setting(runs, ignore=("model.width", "model.depth")):
-        cells.setdefault((str(r.c("dataset.target")), r.model, _capacity(r)), []).append(r)
+        cells.setdefault((str(r.setting("dataset.target")), r.model, _capacity(r)), []).append(r)
     targets = sorted({k[0] for k in cells})
     columns = sorted({(m, c) for _, m, c in cells if isinstance(c, int)}, key=lambda mc: (mc[0] != "nf", mc[1]))
     rows_md, rows_csv, chosen = [], [], {}
@@ -99,6 +99,12 @@ def _flows_density(rep: Page, runs) -> None:
     rep.add(f"CSV: `{rep.csv('figure4.csv', rows_csv)}`.", "")
     if not chosen:
         return
+    _figure4_loss(rep, chosen, targets)
+    _figure4_grid(rep, chosen, targets, columns)
+
+
+def _figure4_loss(rep: Page, chosen: dict, targets: list) -> None:
+    """Test KL against capacity (NF depth K, CNF width M), a panel per target."""
     from matplotlib.ticker import NullFormatter
     fig, axes = plt_figure(1, len(targets), figsize=(4 * len(targets), 3.6), squeeze=False)
     for ax, t in zip(axes[0], targets):
@@ -114,6 +120,10 @@ def _flows_density(rep: Page, runs) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     rep.add(f"Loss against K/M: ![Figure 4 loss]({rep.savefig(fig, 'figure4_loss.png')})", "")
+
+
+def _figure4_grid(rep: Page, chosen: dict, targets: list, columns: list) -> None:
+    """Each chosen run's density.png, targets by rows and NF K / CNF M by columns."""
     import matplotlib.pyplot as plt
     tiles = {}
     for key, (_, run) in chosen.items():
@@ -145,12 +155,12 @@ SETTINGS = ("trainer.lr", "model.t1", "model.hidden", "solver.rtol")   # setting
 def _best_of_settings(rep: Page, runs) -> None:
     """Figure 4 again, each cell's lowest-KL run over every setting tried (one table per training length): how
     docs/families/flows.md compares the NF at its best learning rate with the CNF at its best flow time."""
-    density = [r for r in runs if r.ok and r.c("dataset.name") == "density" and r.s("test_kl") is not None]
-    for steps in sorted({r.c("trainer.max_steps") for r in density}, key=str):
+    density = [r for r in runs if r.ok and r.setting("dataset.name") == "density" and r.number("test_kl") is not None]
+    for steps in sorted({r.setting("trainer.max_steps") for r in density}, key=str):
         cells: dict[tuple, list[Run]] = {}
-        for r in (r for r in density if r.c("trainer.max_steps") == steps):
-            cells.setdefault((str(r.c("dataset.target")), r.model, _capacity(r)), []).append(r)
-        best = {k: min(v, key=lambda r: r.s("test_kl")) for k, v in cells.items()}
+        for r in (r for r in density if r.setting("trainer.max_steps") == steps):
+            cells.setdefault((str(r.setting("dataset.target")), r.model, _capacity(r)), []).append(r)
+        best = {k: min(v, key=lambda r: r.number("test_kl")) for k, v in cells.items()}
         columns = sorted({(m, c) for _, m, c in cells}, key=lambda mc: (mc[0] != "nf", str(mc[1])))
         rows_md, rows_csv = [], []
         for target in sorted({t for t, _, _ in cells}):
@@ -161,18 +171,18 @@ def _best_of_settings(rep: Page, runs) -> None:
                     row.append("–")
                     continue
                 r = best[(target, m, cap)]
-                varied = [k for k in SETTINGS if len({str(x.c(k)) for x in here}) > 1]
-                which = ", ".join(f"{k.split('.')[-1]} {r.c(k):g}" for k in varied)
-                kl = r.s("test_kl")
+                varied = [k for k in SETTINGS if len({str(x.setting(k)) for x in here}) > 1]
+                which = ", ".join(f"{k.split('.')[-1]} {r.setting(k):g}" for k in varied)
+                kl = r.number("test_kl")
                 row.append(fmt(kl, ".4f" if kl < 0.1 else ".3f") + (f" ({which}; best of {len(here)})" if varied
                                                                      else "") + f" {r.id}")
                 rows_csv.append(dict(steps=steps, target=target, flow=m, capacity=cap, test_kl=kl,
-                                     test_kl_stderr=r.s("test_kl_stderr"), **{k: r.c(k) for k in SETTINGS},
+                                     test_kl_stderr=r.number("test_kl_stderr"), **{k: r.setting(k) for k in SETTINGS},
                                      runs_in_cell=len(here), run_id=r.id, run_dir=str(r.path)))
             rows_md.append(row)
         rep.mark(list(best.values()), "Figure 4 (best of settings)")
         pairs = [(t, c) for (t, m, c) in best if m == "cnf" and (t, "nf", c) in best]
-        kl = {k: (r.s("test_kl"), r.s("test_kl_stderr") or 0.0) for k, r in best.items()}
+        kl = {k: (r.number("test_kl"), r.number("test_kl_stderr") or 0.0) for k, r in best.items()}
         lower = sum(kl[(t, "cnf", c)][0] < kl[(t, "nf", c)][0] for t, c in pairs)
         clear = sum(kl[(t, "nf", c)][0] - kl[(t, "cnf", c)][0] > 2 * math.hypot(kl[(t, "cnf", c)][1],
                                                                                 kl[(t, "nf", c)][1]) for t, c in pairs)
@@ -193,7 +203,7 @@ def _kl_plot(best, columns):
         for model, style in (("nf", "--"), ("cnf", "-")):
             caps = sorted(c for m, c in columns if m == model and (target, m, c) in best)
             if caps:
-                ax.plot(caps, [best[(target, model, c)].s("test_kl") for c in caps], style, marker="o",
+                ax.plot(caps, [best[(target, model, c)].number("test_kl") for c in caps], style, marker="o",
                         color=f"C{i}", label=f"{model.upper()} {target.upper()}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -207,8 +217,8 @@ def _seminorm(rep: Page, runs) -> None:
     """NFE per training step of CNF runs that differ only in solver.adjoint_norm (same experiment and budget)."""
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
-        if r.model == "cnf" and r.c("solver.adjoint") and r.ok:
-            groups.setdefault((r.c("name"), r.c("solver.adjoint_norm"), r.steps), []).append(r)
+        if r.model == "cnf" and r.setting("solver.adjoint") and r.ok:
+            groups.setdefault((r.setting("name"), r.setting("solver.adjoint_norm"), r.steps), []).append(r)
     pairs = [(k, groups[k], groups[(k[0], "seminorm", k[2])]) for k in groups
              if k[1] == "default" and (k[0], "seminorm", k[2]) in groups]
     if not pairs:
@@ -228,7 +238,7 @@ def _seminorm(rep: Page, runs) -> None:
 
 
 def _lam(run: Run) -> tuple:
-    return (run.c("model.kinetic") or 0.0, run.c("model.jacobian") or 0.0)
+    return (run.setting("model.kinetic") or 0.0, run.setting("model.jacobian") or 0.0)
 
 
 def _ffjord(rep: Page, runs) -> None:
@@ -256,7 +266,7 @@ def _ffjord(rep: Page, runs) -> None:
 def _ffjord_regularisation(rep: Page, runs) -> None:
     groups: dict[tuple, dict] = {}
     for r in runs:
-        key = (r.c("dataset.name"), r.steps, r.c("model.trace"), r.c("solver.method"), r.c("solver.rtol"), r.c("seed"))
+        key = (r.setting("dataset.name"), r.steps, r.setting("model.trace"), r.setting("solver.method"), r.setting("solver.rtol"), r.setting("seed"))
         groups.setdefault(key, {}).setdefault(_lam(r), []).append(r)
     pairs = [(k, g) for k, g in sorted(groups.items(), key=lambda kv: str(kv[0])) if (0.0, 0.0) in g and len(g) > 1]
     if not pairs:
@@ -269,27 +279,27 @@ def _ffjord_regularisation(rep: Page, runs) -> None:
         plain = g[(0.0, 0.0)][0]
         for lam in sorted(g):
             r = g[lam][0]
-            nll, floor = r.s("test_nll"), r.s("test_nll_data")
-            f, ef = r.s("nfe_forward"), r.s("eval_nfe_forward")
-            cut_train = plain.s("nfe_forward") / f if lam != (0.0, 0.0) and f else None
-            cut_eval = plain.s("eval_nfe_forward") / ef if lam != (0.0, 0.0) and ef else None
-            dnll = nll - plain.s("test_nll") if lam != (0.0, 0.0) else None
+            nll, floor = r.number("test_nll"), r.number("test_nll_data")
+            f, ef = r.number("nfe_forward"), r.number("eval_nfe_forward")
+            cut_train = plain.number("nfe_forward") / f if lam != (0.0, 0.0) and f else None
+            cut_eval = plain.number("eval_nfe_forward") / ef if lam != (0.0, 0.0) and ef else None
+            dnll = nll - plain.number("test_nll") if lam != (0.0, 0.0) else None
             label = "none" if lam == (0.0, 0.0) else f"kinetic {lam[0]:g}, jacobian {lam[1]:g}"
-            rows_md.append([data, label, fmt(nll, ".3f") + (f" ± {r.s('test_nll_stderr'):.3f}"
-                                                            if r.s("test_nll_stderr") is not None else ""),
-                            fmt(r.s("val_nll"), ".3f"), fmt(floor, ".3f"), fmt(dnll, "+.3f"), fmt(f, ".1f"),
-                            fmt(r.s("nfe_backward"), ".1f"),
+            rows_md.append([data, label, fmt(nll, ".3f") + (f" ± {r.number('test_nll_stderr'):.3f}"
+                                                            if r.number("test_nll_stderr") is not None else ""),
+                            fmt(r.number("val_nll"), ".3f"), fmt(floor, ".3f"), fmt(dnll, "+.3f"), fmt(f, ".1f"),
+                            fmt(r.number("nfe_backward"), ".1f"),
                             fmt(ef, ".0f"), fmt(cut_train, ".2f") + ("×" if cut_train else ""),
-                            fmt(cut_eval, ".2f") + ("×" if cut_eval else ""), fmt(r.s("test_kinetic"), ".3f"),
-                            fmt(r.s("test_jacobian"), ".3f"), fmt(r.s("t1"), ".2f"),
-                            fmt(r.s("sec_per_step"), ".3f"), f"{steps} steps", r.id])
+                            fmt(cut_eval, ".2f") + ("×" if cut_eval else ""), fmt(r.number("test_kinetic"), ".3f"),
+                            fmt(r.number("test_jacobian"), ".3f"), fmt(r.number("t1"), ".2f"),
+                            fmt(r.number("sec_per_step"), ".3f"), f"{steps} steps", r.id])
             rows_csv.append(dict(dataset=data, kinetic=lam[0], jacobian=lam[1], trace=trace, method=method, rtol=rtol,
-                                 seed=seed, steps=steps, test_nll=nll, test_nll_stderr=r.s("test_nll_stderr"),
-                                 val_nll=r.s("val_nll"), val_nll_stderr=r.s("val_nll_stderr"),
-                                 test_nll_data=floor, delta_nll=dnll, nfe_forward=f, nfe_backward=r.s("nfe_backward"),
+                                 seed=seed, steps=steps, test_nll=nll, test_nll_stderr=r.number("test_nll_stderr"),
+                                 val_nll=r.number("val_nll"), val_nll_stderr=r.number("val_nll_stderr"),
+                                 test_nll_data=floor, delta_nll=dnll, nfe_forward=f, nfe_backward=r.number("nfe_backward"),
                                  eval_nfe_forward=ef, nfe_cut_train=cut_train, nfe_cut_eval=cut_eval,
-                                 test_kinetic=r.s("test_kinetic"), test_jacobian=r.s("test_jacobian"), t1=r.s("t1"),
-                                 sec_per_step=r.s("sec_per_step"), wall_time=r.s("wall_time"), run_id=r.id,
+                                 test_kinetic=r.number("test_kinetic"), test_jacobian=r.number("test_jacobian"), t1=r.number("t1"),
+                                 sec_per_step=r.number("sec_per_step"), wall_time=r.number("wall_time"), run_id=r.id,
                                  run_dir=str(r.path)))
             curves.setdefault(data, []).append((label, read_metrics(r.path)))
             rep.mark([r], "FFJORD regularisation")
@@ -342,15 +352,15 @@ def _lambda_selection(rep: Page, runs) -> None:
     against the unregularised runs of the same seeds: per data set, budget, trace, solver and flow-time setting."""
     groups: dict[tuple, dict] = {}
     for r in runs:
-        key = (r.c("dataset.name"), r.steps, r.c("model.trace"), r.c("solver.method"), r.c("solver.rtol"),
-               r.c("model.learn_t1"))
-        groups.setdefault(key, {}).setdefault(_lam(r), {})[r.c("seed")] = r   # one run per seed (the last found)
+        key = (r.setting("dataset.name"), r.steps, r.setting("model.trace"), r.setting("solver.method"), r.setting("solver.rtol"),
+               r.setting("model.learn_t1"))
+        groups.setdefault(key, {}).setdefault(_lam(r), {})[r.setting("seed")] = r   # one run per seed (the last found)
     groups = {k: g for k, g in groups.items() if (0.0, 0.0) in g and len(g) > 1}
     if not groups:
         return
     rows_md, rows_csv, missing = [], [], []
     for (data, steps, trace, method, rtol, learn_t1), g in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        val = {lam: {s: r.s("val_nll") for s, r in by_seed.items() if r.s("val_nll") is not None}
+        val = {lam: {s: r.number("val_nll") for s, r in by_seed.items() if r.number("val_nll") is not None}
                for lam, by_seed in g.items()}
         if not val[(0.0, 0.0)]:
             missing.append(f"{data} ({steps} steps)")
@@ -367,15 +377,15 @@ def _lambda_selection(rep: Page, runs) -> None:
         plain, reg = [g[(0.0, 0.0)][s] for s in seeds], [g[lam][s] for s in seeds]
         rep.mark(plain + reg, "RNODE λ chosen on validation")
         dval = sum(val[lam][s] - val[(0.0, 0.0)][s] for s in seeds) / len(seeds)
-        dtest = [b.s("test_nll") - a.s("test_nll") for a, b in zip(plain, reg)]
+        dtest = [b.number("test_nll") - a.number("test_nll") for a, b in zip(plain, reg)]
         cut_train = mean(plain, "nfe_forward") / mean(reg, "nfe_forward")
         cut_eval = mean(plain, "eval_nfe_forward") / mean(reg, "eval_nfe_forward")
         close = sum(dtest) / len(dtest) <= VAL_MARGIN
         verdict = "; ".join(f"{where}: {'yes' if close and cut >= 2 else 'no'}"
                             for where, cut in (("train", cut_train), ("eval", cut_eval)))
         rows_md.append([data, steps, tried, f"{lam[0]:g}/{lam[1]:g} (val Δ {dval:+.3f})", ", ".join(map(str, seeds)),
-                        _interval([r.s("test_nll") for r in plain], plain[0].s("test_nll_stderr")),
-                        _interval([r.s("test_nll") for r in reg], reg[0].s("test_nll_stderr")),
+                        _interval([r.number("test_nll") for r in plain], plain[0].number("test_nll_stderr")),
+                        _interval([r.number("test_nll") for r in reg], reg[0].number("test_nll_stderr")),
                         ("+" if sum(dtest) >= 0 else "") + _interval(dtest, None),
                         f"{fmt(mean(plain, 'nfe_forward'), '.1f')} → {fmt(mean(reg, 'nfe_forward'), '.1f')} "
                         f"({cut_train:.2f}×)",
@@ -409,7 +419,7 @@ def _lambda_selection(rep: Page, runs) -> None:
 
 
 def _loss(run: Run) -> str:
-    return run.c("model.loss", "mle")   # runs made before model.loss existed trained by maximum likelihood
+    return run.setting("model.loss", "mle")   # runs made before model.loss existed trained by maximum likelihood
 
 
 MARGIN = 0.05   # nats: "reaches the NLL" means within MARGIN of the best objective's mean final test NLL
@@ -453,46 +463,15 @@ def _objectives(rep: Page, runs) -> None:
     that has flow-matching runs: per objective (its longest-budget runs, seeds averaged) the final test NLL, the
     gap to the true density's, the NFE of the likelihood and of sampling at evaluation, s / step, and the time each
     run took to first reach within MARGIN of the best objective's NLL; then the NLL over time as a figure."""
-    datasets = sorted({r.c("dataset.name") for r in runs if _loss(r) != "mle"})
+    datasets = sorted({r.setting("dataset.name") for r in runs if _loss(r) != "mle"})
     if not datasets:
         return
     rows_md, rows_csv, panels = [], [], []
     for data in datasets:
-        cells: dict[str, list[Run]] = {}
-        for r in (r for r in runs if r.c("dataset.name") == data):
-            cells.setdefault(_objective_label(r), []).append(r)
-        cells = {label: select(cands)[0] for label, cands in sorted(cells.items())}
-        best = min(mean(used, "test_nll") for used in cells.values())
-        level = best + MARGIN
-        curves = {}
-        for label, used in cells.items():
-            curves[label] = [(r, _curve(r)) for r in used]
-            hits = [_reached(c, level) for _, c in curves[label]]
-            got = [h for h in hits if h is not None]
-            nll = [r.s("test_nll") for r in used]
-            floor = mean(used, "test_nll_data")
-            reach_train = sum(h[0] for h in got) / len(got) if got else None
-            reach_wall = sum(h[1] for h in got) / len(got) if got else None
-            seeds = sorted({r.c("seed") for r in used})
-            rows_md.append([data, label, ", ".join(map(str, seeds)),
-                            _interval(nll, used[0].s("test_nll_stderr")), fmt(floor, ".3f"),
-                            fmt(mean(used, "test_nll") - floor, "+.3f") if floor is not None else "–",
-                            fmt(mean(used, "eval_nfe_forward"), ".0f"), fmt(mean(used, "eval_nfe_sample"), ".0f"),
-                            fmt(mean(used, "nfe_forward"), ".1f"), fmt(mean(used, "sec_per_step"), ".4f"),
-                            used[0].steps, f"{fmt(reach_train, '.1f')} ({len(got)}/{len(used)})",
-                            fmt(reach_wall, ".0f"), fmt(mean(used, "wall_time"), ".0f"), rep.ids(used)])
-            for r, hit in zip(used, hits):
-                rows_csv.append(dict(dataset=data, objective=label, loss=_loss(r), seed=r.c("seed"), steps=r.steps,
-                                     test_nll=r.s("test_nll"), test_nll_stderr=r.s("test_nll_stderr"),
-                                     test_nll_data=r.s("test_nll_data"), eval_nfe_forward=r.s("eval_nfe_forward"),
-                                     eval_nfe_sample=r.s("eval_nfe_sample"), nfe_forward=r.s("nfe_forward"),
-                                     nfe_backward=r.s("nfe_backward"), sec_per_step=r.s("sec_per_step"),
-                                     level=level, train_s_to_level=hit[0] if hit else None,
-                                     wall_s_to_level=hit[1] if hit else None,
-                                     step_to_level=hit[2] if hit else None, wall_time=r.s("wall_time"),
-                                     run_id=r.id, run_dir=str(r.path)))
-            rep.mark(used, "flow matching against maximum likelihood")
-        panels.append((data, level, mean(sum(cells.values(), []), "test_nll_data"), curves))
+        md, csv_rows, panel = _objective_rows(rep, [r for r in runs if r.setting("dataset.name") == data], data)
+        rows_md += md
+        rows_csv += csv_rows
+        panels.append(panel)
     rep.add("#### Flow matching against maximum likelihood: the same field, data, solver and evaluation", "")
     rep.add(*md_table(["data", "objective", "seeds", "test NLL (95%)", "true density's NLL", "gap", "eval NFE (NLL)",
                        "eval NFE (sampling)", "train NFE-F / step", "s / step", "steps",
@@ -505,6 +484,48 @@ def _objectives(rep: Page, runs) -> None:
             f"steps); wall s: the run's clock, evaluations included. The level is the best objective's mean final "
             f"test NLL + {MARGIN:g} nats, met at the first evaluation at or below it (intermediate evaluations use "
             "trainer.eval_limit test points; null: all).", "")
+    _objectives_figure(rep, panels)
+
+
+def _objective_rows(rep: Page, runs: list, data: str) -> tuple[list, list, tuple]:
+    """One data set's objectives: the table's rows, the CSV's rows (a run each) and the figure's panel."""
+    cells: dict[str, list[Run]] = {}
+    for r in runs:
+        cells.setdefault(_objective_label(r), []).append(r)
+    cells = {label: select(cands)[0] for label, cands in sorted(cells.items())}
+    best = min(mean(used, "test_nll") for used in cells.values())
+    level = best + MARGIN
+    rows_md, rows_csv, curves = [], [], {}
+    for label, used in cells.items():
+        curves[label] = [(r, _curve(r)) for r in used]
+        hits = [_reached(c, level) for _, c in curves[label]]
+        got = [h for h in hits if h is not None]
+        nll = [r.number("test_nll") for r in used]
+        floor = mean(used, "test_nll_data")
+        reach_train = sum(h[0] for h in got) / len(got) if got else None
+        reach_wall = sum(h[1] for h in got) / len(got) if got else None
+        seeds = sorted({r.setting("seed") for r in used})
+        rows_md.append([data, label, ", ".join(map(str, seeds)),
+                        _interval(nll, used[0].number("test_nll_stderr")), fmt(floor, ".3f"),
+                        fmt(mean(used, "test_nll") - floor, "+.3f") if floor is not None else "–",
+                        fmt(mean(used, "eval_nfe_forward"), ".0f"), fmt(mean(used, "eval_nfe_sample"), ".0f"),
+                        fmt(mean(used, "nfe_forward"), ".1f"), fmt(mean(used, "sec_per_step"), ".4f"),
+                        used[0].steps, f"{fmt(reach_train, '.1f')} ({len(got)}/{len(used)})",
+                        fmt(reach_wall, ".0f"), fmt(mean(used, "wall_time"), ".0f"), rep.ids(used)])
+        for r, hit in zip(used, hits):
+            numbers = {k: r.number(k) for k in ("test_nll", "test_nll_stderr", "test_nll_data", "eval_nfe_forward",
+                                                "eval_nfe_sample", "nfe_forward", "nfe_backward", "sec_per_step")}
+            rows_csv.append(dict(dataset=data, objective=label, loss=_loss(r), seed=r.setting("seed"), steps=r.steps,
+                                 **numbers, level=level, train_s_to_level=hit[0] if hit else None,
+                                 wall_s_to_level=hit[1] if hit else None,
+                                 step_to_level=hit[2] if hit else None, wall_time=r.number("wall_time"),
+                                 run_id=r.id, run_dir=str(r.path)))
+        rep.mark(used, "flow matching against maximum likelihood")
+    return rows_md, rows_csv, (data, level, mean(sum(cells.values(), []), "test_nll_data"), curves)
+
+
+def _objectives_figure(rep: Page, panels: list) -> None:
+    """Test NLL against wall-clock and training time, a column per data set."""
     fig, axes = plt_figure(2, len(panels), figsize=(4.2 * len(panels), 6.4), squeeze=False)
     colour = {label: f"C{i}" for i, label in enumerate(sorted({lb for p in panels for lb in p[3]}))}
     for j, (data, level, floor, curves) in enumerate(panels):

@@ -70,7 +70,7 @@ class NodeRunner:
         return [m for m in self.model.modules() if isinstance(m, ODEBlock)]
 
     def fields(self):
-        return [b.field.field for b in self.blocks()]
+        return [b.vector_field for b in self.blocks()]
 
     def loss_on(self, batch):
         return self.task.loss(batch)

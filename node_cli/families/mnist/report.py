@@ -34,12 +34,12 @@ ORDERINGS = (("odenet", "resnet", "within", 0.3), ("rknet", "resnet", "within", 
 
 
 def table1(rep: Page) -> None:
-    if not rep.section("## Table 1: MNIST (paper section 3)", "classify", "MNIST",
+    if not rep.section("## Table 1: MNIST (paper section 3)", "mnist", "MNIST",
                        "`scripts/table1.sh` (quick budget) or `FULL=1 scripts/table1.sh`"):
         return
     rows_md, rows_csv, has_steps, cells = [], [], False, {}
     for label, model, p_err, p_params, p_mem, p_time in PAPER_TABLE1:
-        used, skipped = select(rep.paper_setting(rep.of("classify", model)))
+        used, skipped = select(rep.paper_setting(rep.of("mnist", model)))
         rep.mark(used, "Table 1")
         cells[model] = (label, used)
         err, params = mean(used, "test_error"), mean(used, "params")
@@ -51,7 +51,7 @@ def table1(rep: Page) -> None:
         examples = mean(used, "test_examples")
         matched = epoch_matched(model, used)
         budget = (f"{steps} steps" + (f" ({epochs} epochs)" if epochs else "")
-                  + (", cosine lr" if used[0].c("trainer.schedule") == "cosine" else "")) if used else "no finished run"
+                  + (", cosine lr" if used[0].setting("trainer.schedule") == "cosine" else "")) if used else "no finished run"
         if examples is not None and examples != 10000:
             budget += f", {int(examples)} test images"
         rows_md.append([label, pct(err), pct(p_err), fmt(params, ",.0f"), f"{p_params / 1e6:.2f}M",
@@ -76,7 +76,7 @@ def table1(rep: Page) -> None:
     rep.add(*md_table(header, rows_md))
     rep.add(f"CSV: `{rep.csv('table1.csv', rows_csv)}`. Activation MiB: bytes autograd saves for backward in one "
             "training step (batch of the run); peak MiB: the step's peak allocation above its start "
-            f"({_methods(rep.of('classify', ok_only=True))}). NFE-F / NFE-B: function evaluations per training step, "
+            f"({_methods(rep.of('mnist', ok_only=True))}). NFE-F / NFE-B: function evaluations per training step, "
             "averaged over the run; without the adjoint NFE-B is 0 by construction"
             + ("; steps acc./rej.: accepted / rejected steps of the forward solves per training step (adaptive "
                "Runge-Kutta solvers only: 0 for fixed-grid solvers and models without an ODE block)"
@@ -110,7 +110,7 @@ def comparisons(rep: Page, cells: dict) -> None:
 def epoch_matched(model: str, runs) -> tuple[int, float] | None:
     """(epochs, test error) of the third-party log at the most epochs not beyond the runs' completed epochs; None
     without runs, for a subset of the training set, or before the first logged epoch."""
-    epochs = [r.summary.get("epochs") or 0 for r in runs if r.c("dataset.limit") is None]
+    epochs = [r.summary.get("epochs") or 0 for r in runs if r.setting("dataset.limit") is None]
     if not epochs or len(epochs) < len(runs):
         return None
     logged = [e for e in EPOCH_MATCHED.get(model, {}) if e <= min(epochs)]
@@ -150,12 +150,45 @@ def figure3(rep: Page) -> None:
     rep.add("## Figure 3: ODE-Net statistics (paper section 3)", "")
     sweeps = tolerance_sweeps(rep)
     swept = {Path(s.get("run_dir", "")) for s in sweeps}
-    odes = [r for r in rep.of("classify", "odenet", ok_only=True) if r.path in swept or not rep.differences(r)]
+    odes = [r for r in rep.of("mnist", "odenet", ok_only=True) if r.path in swept or not rep.differences(r)]
     if not odes and not sweeps:
         rep.add("No finished ODE-Net run found. Make one with `scripts/figure3.sh`.", "")
         return
     fig, axes = plt_figure(2, 2, figsize=(10, 8))
     (a, b), (c, d) = axes
+    rows = _sweep_panels(rep, sweeps, a, b, c)
+    train_rows = _training_panels(rep, odes, c, d)
+    hi = max([1] + [r["step_nfe_forward"] for r in rows] + [r["nfe_forward"] for r in train_rows])
+    c.plot([0, hi], [0, hi / 2], color="0.7", lw=1, ls=":", label="NFE-B = NFE-F / 2 (paper: about half)")
+    c.set(xlabel="NFE-F", ylabel="NFE-B")
+    c.legend(fontsize=7)
+    d.set(xlabel="training step", ylabel="NFE per training step")
+    if train_rows:
+        d.legend(fontsize=7)
+    for ax, tag in zip(axes.flat, "abcd"):
+        ax.set_title(f"({tag})", loc="left")
+    fig.tight_layout()
+    rep.add(f"![Figure 3]({rep.savefig(fig, 'figure3.png')})", "")
+    if rows:
+        rep.csv("figure3_tolsweep.csv", rows)
+    if train_rows:
+        rep.csv("figure3_training.csv", train_rows)
+    _sweep_list(rep, sweeps)
+    backward_table(rep, sweeps)
+    claims = _claims(rep, odes, sweeps)
+    if claims:
+        rep.add("Numbers behind the panels, beside the paper's claims (NFE grows over training; NFE falls as the "
+                "tolerance loosens while the error grows; NFE-B is about half of NFE-F with the adjoint):", "",
+                *md_table(["run", "source", "NFE-F", "NFE-B / NFE-F (paper ≈ 0.5)", "numerical error"], claims))
+    rep.add("(a) NFE-F against the numerical error of the ODE block's output as the tolerance varies; (b) NFE-F "
+            "against wall time of a forward pass (relative to the fastest); (c) NFE-B against NFE-F per training "
+            "step (paper: backward about half of forward); (d) NFE per training step over training (paper: it grows). "
+            "Points in (c)-(d) marked 'training' are the runs' metrics.jsonl windows (CSV `figure3_training.csv`).",
+            "")
+
+
+def _sweep_panels(rep: Page, sweeps: list, a, b, c) -> list[dict]:
+    """Panels (a)-(b), and the sweeps' points of (c), from the tolerance sweeps; their rows (figure3_tolsweep.csv)."""
     rows = []
     for s in sweeps:
         run = rep.by_path.get(Path(s.get("run_dir", "")))
@@ -185,6 +218,11 @@ def figure3(rep: Page) -> None:
         for ax in (a, b):
             ax.text(0.5, 0.5, "no tolerance sweep:\nnode-report tolsweep RUN_DIR", ha="center", va="center",
                     transform=ax.transAxes)
+    return rows
+
+
+def _training_panels(rep: Page, odes: list, c, d) -> list[dict]:
+    """Panel (d), and the training points of (c), from the runs' metrics; their rows (figure3_training.csv)."""
     train_rows = []
     for run in odes:
         rep.mark([run], "Figure 3 (d)")
@@ -196,36 +234,29 @@ def figure3(rep: Page) -> None:
                   label=f"{run.id}: training")
         train_rows += [dict(run_id=run.id, run_dir=str(run.path), step=m["step"], epoch=m.get("epoch"),
                             nfe_forward=m["nfe_forward"], nfe_backward=m.get("nfe_backward")) for m in pts]
-    hi = max([1] + [r["step_nfe_forward"] for r in rows] + [r["nfe_forward"] for r in train_rows])
-    c.plot([0, hi], [0, hi / 2], color="0.7", lw=1, ls=":", label="NFE-B = NFE-F / 2 (paper: about half)")
-    c.set(xlabel="NFE-F", ylabel="NFE-B")
-    c.legend(fontsize=7)
-    d.set(xlabel="training step", ylabel="NFE per training step")
-    if train_rows:
-        d.legend(fontsize=7)
-    for ax, tag in zip(axes.flat, "abcd"):
-        ax.set_title(f"({tag})", loc="left")
-    fig.tight_layout()
-    rep.add(f"![Figure 3]({rep.savefig(fig, 'figure3.png')})", "")
-    if rows:
-        rep.csv("figure3_tolsweep.csv", rows)
-    if train_rows:
-        rep.csv("figure3_training.csv", train_rows)
-    if sweeps:
-        lines = []
-        for s in sweeps:
-            run = rep.by_path.get(Path(s.get("run_dir", "")))
-            lines.append([run.id if run else "(not scanned)", rep.where(s.get("file", "")), s.get("checkpoint_step"),
-                          "adjoint" if s.get("adjoint") else "backprop", s.get("batch"),
-                          f"{s.get('reference_tol')} ({s.get('reference_dtype')}, NFE {s.get('reference_nfe')})",
-                          s.get("device")])
-        rep.add("Tolerance sweeps (`node-report tolsweep`, CSV `figure3_tolsweep.csv`):", "",
-                *md_table(["run", "sweep file", "checkpoint step", "gradient", "batch", "reference tol", "device"],
-                          lines))
-    else:
+    return train_rows
+
+
+def _sweep_list(rep: Page, sweeps: list) -> None:
+    """The tolerance sweeps behind panels (a)-(b), or how to make one."""
+    if not sweeps:
         rep.add("Panels (a)-(b) need a tolerance sweep of a trained ODE-Net: `node-report tolsweep RUN_DIR`, "
                 "then rerun node-report on a folder that contains RUN_DIR.", "")
-    backward_table(rep, sweeps)
+        return
+    lines = []
+    for s in sweeps:
+        run = rep.by_path.get(Path(s.get("run_dir", "")))
+        lines.append([run.id if run else "(not scanned)", rep.where(s.get("file", "")), s.get("checkpoint_step"),
+                      "adjoint" if s.get("adjoint") else "backprop", s.get("batch"),
+                      f"{s.get('reference_tol')} ({s.get('reference_dtype')}, NFE {s.get('reference_nfe')})",
+                      s.get("device")])
+    rep.add("Tolerance sweeps (`node-report tolsweep`, CSV `figure3_tolsweep.csv`):", "",
+            *md_table(["run", "sweep file", "checkpoint step", "gradient", "batch", "reference tol", "device"],
+                      lines))
+
+
+def _claims(rep: Page, odes: list, sweeps: list) -> list[list]:
+    """The numbers behind the panels, a row per run's training and per tolerance sweep."""
     claims = []
     for run in odes:
         pts = [m for m in run.metrics if m.get("nfe_forward") and m.get("step")]
@@ -243,31 +274,23 @@ def figure3(rep: Page) -> None:
                            f"{pts[-1]['nfe_forward']} → {pts[0]['nfe_forward']}",
                            fmt(sum(ratio) / len(ratio) if ratio else None, ".2f"),
                            f"{pts[-1]['error_rms']:.2e} → {pts[0]['error_rms']:.2e}"])
-    if claims:
-        rep.add("Numbers behind the panels, beside the paper's claims (NFE grows over training; NFE falls as the "
-                "tolerance loosens while the error grows; NFE-B is about half of NFE-F with the adjoint):", "",
-                *md_table(["run", "source", "NFE-F", "NFE-B / NFE-F (paper ≈ 0.5)", "numerical error"], claims))
-    rep.add("(a) NFE-F against the numerical error of the ODE block's output as the tolerance varies; (b) NFE-F "
-            "against wall time of a forward pass (relative to the fastest); (c) NFE-B against NFE-F per training "
-            "step (paper: backward about half of forward); (d) NFE per training step over training (paper: it grows). "
-            "Points in (c)-(d) marked 'training' are the runs' metrics.jsonl windows (CSV `figure3_training.csv`).",
-            "")
+    return claims
 
 
 def memory(rep: Page) -> None:
     rep.add("## Memory against depth (paper Table 1, memory column)", "")
     series: dict[str, list] = {}
-    for run in rep.of("classify", ok_only=True):
-        if run.s("activation_bytes") is None:
+    for run in rep.of("mnist", ok_only=True):
+        if run.number("activation_bytes") is None:
             continue
         if run.model == "resnet":
-            name, depth = "ResNet: residual blocks L", run.c("model.blocks")
+            name, depth = "ResNet: residual blocks L", run.setting("model.blocks")
         elif run.model in ("odenet", "rknet"):
-            adj = bool(run.c("solver.adjoint"))
+            adj = bool(run.setting("solver.adjoint"))
             name = ("ODE-Net (adjoint): NFE-F L̃" if adj else
                     ("RK-Net (backprop through the solver): NFE-F L̃" if run.model == "rknet"
                      else "ODE-Net without adjoint: NFE-F L̃"))
-            depth = run.s("memory_step_nfe_forward")
+            depth = run.number("memory_step_nfe_forward")
         else:
             continue
         if depth is not None:
@@ -283,13 +306,13 @@ def memory(rep: Page) -> None:
         pts.sort(key=lambda p: p[0])
         rep.mark([r for _, r in pts], "memory figure")
         xs = [x for x, _ in pts]
-        act = [r.s("activation_bytes") / MiB for _, r in pts]
-        peak = [(r.s("peak_memory_bytes") or 0) / MiB for _, r in pts]
+        act = [r.number("activation_bytes") / MiB for _, r in pts]
+        peak = [(r.number("peak_memory_bytes") or 0) / MiB for _, r in pts]
         a.plot(xs, act, "o-", label=name)
         b.plot(xs, peak, "o-", label=name)
         for (x, r), m1, m2 in zip(pts, act, peak):
-            rows.append(dict(series=name, depth=x, activation_mib=m1, peak_mib=m2, solver_rtol=r.c("solver.rtol"),
-                             model_blocks=r.c("model.blocks"), run_id=r.id, run_dir=str(r.path)))
+            rows.append(dict(series=name, depth=x, activation_mib=m1, peak_mib=m2, solver_rtol=r.setting("solver.rtol"),
+                             model_blocks=r.setting("model.blocks"), run_id=r.id, run_dir=str(r.path)))
         claim = next((v for k, v in claims.items() if name.startswith(k)), "–")
         summary.append([name.split(":")[0], f"{xs[0]:g} – {xs[-1]:g}", f"{act[0]:.2f} – {act[-1]:.2f}",
                         fmt(_slope(xs, act), ".3f"), claim, rep.ids([r for _, r in pts])])

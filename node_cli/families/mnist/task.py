@@ -59,8 +59,6 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.
 class MnistTask:
     def __init__(self, cfg, device: torch.device):
         d = cfg.dataset
-        choice(d.name, "dataset", ("mnist",))
-        choice(cfg.model.name, "model", MODELS)
         (xtr, ytr), (xte, yte) = load_mnist(d.root or default_root(), download=d.download)
         if d.limit:
             xtr, ytr = xtr[: d.limit], ytr[: d.limit]
@@ -79,7 +77,7 @@ class MnistTask:
         if cfg.model.get("compile"):
             for block in self.model.modules():
                 if isinstance(block, ODEBlock):
-                    compile_field(block.field.field)
+                    compile_field(block.vector_field)
 
     @staticmethod
     def images(x: torch.Tensor) -> torch.Tensor:

@@ -81,8 +81,8 @@ def load(run_dir: Path, device: str):
     from ..trained import load_run
 
     def accept(cfg):
-        if cfg.get("task") != "classify":
-            raise ConfigError(f"tolsweep evaluates MNIST classifiers with an ODE block (task classify, model odenet "
+        if cfg.get("task") != "mnist":
+            raise ConfigError(f"tolsweep evaluates MNIST classifiers with an ODE block (task mnist, model odenet "
                               f"or rknet); {run_dir} is task {cfg.get('task')!r}, model {cfg.model.get('name')!r}")
         if cfg.model.get("name") not in ("odenet", "rknet"):
             raise ConfigError(f"tolsweep needs a model with one ODE block (model odenet or rknet); {run_dir} is model "
@@ -149,44 +149,14 @@ def sweep(run_dir, tols, reference: float = 1e-8, batch: int = 128, repeats: int
 
     seen = {}
     hook = block.register_forward_hook(lambda mod, inp, outp: seen.update(h0=inp[0], h1=outp))
-    with torch.no_grad():
-        model(x)                                             # captures the block's input h(0)
-        ref_block = copy.deepcopy(block).double()
-        ref_block.nfe_forward, ref_block.field.calls = 0, 0
-        h0 = seen["h0"].detach()
-        with ref_block.tolerance(reference):
-            ref = ref_block(h0.double()).float()
-    ref_nfe = ref_block.nfe_forward
-    ref_rms = ref.pow(2).mean().sqrt().item()
-
+    ref, ref_nfe = reference_output(model, block, x, seen, reference)
     rows = []
     for tol in bar(tols, progress, desc="tolsweep: forward", unit="tol"):
-        with block.tolerance(tol):
-            with torch.no_grad():
-                best = math.inf
-                for _ in range(max(1, repeats)):
-                    before = block.nfe_forward
-                    tic = time.perf_counter()
-                    logits = model(x)
-                    if dev.type == "cuda":
-                        torch.cuda.synchronize(dev)
-                    best = min(best, time.perf_counter() - tic)
-                    nfe_f = block.nfe_forward - before
-                diff = seen["h1"] - ref
-            f0, b0 = block.nfe_forward, block.nfe_backward
-            tic = time.perf_counter()
-            act = activation_bytes(model, lambda: task.loss((x, y)))
-            step_seconds = time.perf_counter() - tic
-            row = dict(tol=tol, nfe_forward=nfe_f, forward_seconds=best,
-                       error_rms=diff.pow(2).mean().sqrt().item(), error_max=diff.abs().max().item(),
-                       error_rel=diff.pow(2).mean().sqrt().item() / max(ref_rms, 1e-30),
-                       batch_error=(logits.argmax(1) != y).float().mean().item(),
-                       step_nfe_forward=block.nfe_forward - f0, step_nfe_backward=block.nfe_backward - b0,
-                       step_seconds=step_seconds, activation_bytes=act)
-        rows.append(row)
+        rows.append(forward_row(task, block, x, y, tol, seen, ref, repeats, dev))
         if progress:
-            say(f"  tol {tol:8.1e}: NFE-F {nfe_f:4d}  error {row['error_rms']:.2e}  forward {best:.3f} s  "
-                f"step NFE-F/B {row['step_nfe_forward']}/{row['step_nfe_backward']}")
+            row = rows[-1]
+            say(f"  tol {tol:8.1e}: NFE-F {row['nfe_forward']:4d}  error {row['error_rms']:.2e}  forward "
+                f"{row['forward_seconds']:.3f} s  step NFE-F/B {row['step_nfe_forward']}/{row['step_nfe_backward']}")
     hook.remove()
     backward = backward_study(model, block, x, y, tols, reference, loose, progress)
 
@@ -196,14 +166,62 @@ def sweep(run_dir, tols, reference: float = 1e-8, batch: int = 128, repeats: int
                   reference_dtype="float64", batch=int(len(x)), repeats=repeats, device=str(dev),
                   torch=torch.__version__, created=datetime.datetime.now().isoformat(timespec="seconds"),
                   rows=rows, backward=backward)
+    write_sweep(out_dir, result)
+    return out_dir
+
+
+def reference_output(model, block, x, seen: dict, reference: float) -> tuple[torch.Tensor, int]:
+    """The block's output on the batch solved in float64 at `reference` (from its input h(0), which the forward
+    hook filling `seen` captures), and that solve's NFE."""
+    with torch.no_grad():
+        model(x)                                             # captures the block's input h(0)
+        ref_block = copy.deepcopy(block).double()
+        ref_block.nfe_forward, ref_block.field.calls = 0, 0
+        h0 = seen["h0"].detach()
+        with ref_block.tolerance(reference):
+            ref = ref_block(h0.double()).float()
+    return ref, ref_block.nfe_forward
+
+
+def forward_row(task, block, x, y, tol: float, seen: dict, ref: torch.Tensor, repeats: int, dev) -> dict:
+    """One tolerance: the forward pass (its NFE, best time of `repeats`, error of the block's output against `ref`,
+    batch error) and one training step (its NFE-F / NFE-B, time, activation bytes)."""
+    model = task.model
+    ref_rms = ref.pow(2).mean().sqrt().item()
+    with block.tolerance(tol):
+        with torch.no_grad():
+            best = math.inf
+            for _ in range(max(1, repeats)):
+                before = block.nfe_forward
+                tic = time.perf_counter()
+                logits = model(x)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                best = min(best, time.perf_counter() - tic)
+                nfe_f = block.nfe_forward - before
+            diff = seen["h1"] - ref
+        f0, b0 = block.nfe_forward, block.nfe_backward
+        tic = time.perf_counter()
+        act = activation_bytes(model, lambda: task.loss((x, y)))
+        step_seconds = time.perf_counter() - tic
+        return dict(tol=tol, nfe_forward=nfe_f, forward_seconds=best,
+                    error_rms=diff.pow(2).mean().sqrt().item(), error_max=diff.abs().max().item(),
+                    error_rel=diff.pow(2).mean().sqrt().item() / max(ref_rms, 1e-30),
+                    batch_error=(logits.argmax(1) != y).float().mean().item(),
+                    step_nfe_forward=block.nfe_forward - f0, step_nfe_backward=block.nfe_backward - b0,
+                    step_seconds=step_seconds, activation_bytes=act)
+
+
+def write_sweep(out_dir: Path, result: dict) -> None:
+    """tolsweep.json, and its forward and backward rows as tolsweep.csv and backward.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / RESULT, result)
-    for name, columns, table in (("tolsweep.csv", COLUMNS, rows), ("backward.csv", BACKWARD_COLUMNS, backward["rows"])):
+    for name, columns, table in (("tolsweep.csv", COLUMNS, result["rows"]),
+                                 ("backward.csv", BACKWARD_COLUMNS, result["backward"]["rows"])):
         with open(out_dir / name, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(table)
-    return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:

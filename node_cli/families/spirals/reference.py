@@ -50,7 +50,7 @@ def loop(configure, device, seed: int, n_batches: int) -> ReferenceLoop:
     task = SpiralTask(cfg, device)
     batches = [next(iter(task.train_batches(i))) for i in range(n_batches)]
     model = copy.deepcopy(task.model)
-    func = LatentODEfunc(model.ode.field.field.net)
+    func = LatentODEfunc(model.ode.vector_field.net)
     params = [p for n, p in model.named_parameters() if not n.startswith("ode.")] + list(func.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-2)
     s = cfg.solver

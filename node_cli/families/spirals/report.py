@@ -18,17 +18,17 @@ COMPARED = ("test_rmse", "test_rmse_traj_mean", "test_rmse_h10")
 
 
 def table2(rep: Page) -> None:
-    runs = rep.section("## Table 2 and Figures 8-9: latent ODE on spirals (paper section 5)", "latent", "spirals",
+    runs = rep.section("## Table 2 and Figures 8-9: latent ODE on spirals (paper section 5)", "spirals", "spirals",
                        "`scripts/spirals_table.sh`")
     if not runs:
         return
-    n_obs = sorted({30, 50, 100} | {r.c("dataset.n_obs") for r in runs if isinstance(r.c("dataset.n_obs"), int)})
+    n_obs = sorted({30, 50, 100} | {r.setting("dataset.n_obs") for r in runs if isinstance(r.setting("dataset.n_obs"), int)})
     rows_md, rows_csv, figures, cells, cell_runs = [], [], [], {}, {}
     for label, model in SPIRAL_MODELS:
-        cands = rep.paper_setting(rep.of("latent", model))
+        cands = rep.paper_setting(rep.of("spirals", model))
         for n in n_obs:
             paper = PAPER_TABLE2.get(model, {}).get(n)
-            cell = [r for r in cands if r.c("dataset.n_obs") == n]
+            cell = [r for r in cands if r.setting("dataset.n_obs") == n]
             used, skipped = select(cell)
             if not cell and paper is None:
                 continue
@@ -38,7 +38,7 @@ def table2(rep: Page) -> None:
             cells[(model, n)] = (rmse, sd or 0.0)
             if used:
                 cells.setdefault(("hold_last", n), (mean(used, "test_rmse_hold_last"), 0.0))
-            rows_md.append([label, f"{n}/{used[0].c('dataset.n_points', 100) if used else 100}",
+            rows_md.append([label, f"{n}/{used[0].setting('dataset.n_points', 100) if used else 100}",
                             fmt(rmse) + (f" ± {sd:.4f} ({seeds(used)})" if sd is not None else ""),
                             fmt(paper), f"{steps} steps" if used else "no finished run",
                             rep.runs_cell(used, skipped)])
@@ -72,7 +72,7 @@ def table2(rep: Page) -> None:
 
 def spread(runs, key):
     """The sample standard deviation of a summary number over runs (None with fewer than two)."""
-    return stats.sd(v for v in (r.s(key) for r in runs) if v is not None)
+    return stats.sd(v for v in (r.number(key) for r in runs) if v is not None)
 
 
 def comparisons(rep: Page, cell_runs: dict, n_obs) -> None:
@@ -108,19 +108,19 @@ def details(rep: Page, runs) -> None:
     """Per finished run: the spread of its test RMSE, reconstruction, likelihood, NFE, speed and solver error."""
     names = dict((model, label) for label, model in SPIRAL_MODELS)
     rows = []
-    for r in sorted((r for r in runs if r.ok), key=lambda r: (str(r.model), str(r.c("dataset.n_obs")), r.id)):
-        like = (f"ELBO {fmt(r.s('test_elbo'), '.2f')}" if r.s("test_elbo") is not None
-                else f"NLL {fmt(r.s('test_nll'), '.2f')}")
+    for r in sorted((r for r in runs if r.ok), key=lambda r: (str(r.model), str(r.setting("dataset.n_obs")), r.id)):
+        like = (f"ELBO {fmt(r.number('test_elbo'), '.2f')}" if r.number("test_elbo") is not None
+                else f"NLL {fmt(r.number('test_nll'), '.2f')}")
         solver = "–"
         if r.model == "latent_ode":
-            solver = (f"{r.c('solver.method')} rtol {r.c('solver.rtol'):g} atol {r.c('solver.atol'):g}"
-                      f"{' adjoint' if r.c('solver.adjoint') else ''}; error vs rtol 1e-7: "
-                      f"{fmt(r.s('extrap_solver_error'))}")
-        rows.append([r.id, names.get(r.model, r.model), r.c("dataset.n_obs"), fmt(r.s("test_rmse")),
-                     f"{fmt(r.s('test_rmse_clockwise'), '.3f')} / {fmt(r.s('test_rmse_counter_clockwise'), '.3f')}",
-                     fmt(r.s("test_rmse_median"), ".3f"), fmt(r.s("test_recon_rmse")), like,
-                     f"{fmt(r.s('nfe_forward'), '.1f')} / {fmt(r.s('nfe_backward'), '.1f')}", steps_cell([r]),
-                     fmt(r.s("sec_per_step"), ".3f"), fmt(r.s("wall_time"), ".0f"), solver])
+            solver = (f"{r.setting('solver.method')} rtol {r.setting('solver.rtol'):g} atol {r.setting('solver.atol'):g}"
+                      f"{' adjoint' if r.setting('solver.adjoint') else ''}; error vs rtol 1e-7: "
+                      f"{fmt(r.number('extrap_solver_error'))}")
+        rows.append([r.id, names.get(r.model, r.model), r.setting("dataset.n_obs"), fmt(r.number("test_rmse")),
+                     f"{fmt(r.number('test_rmse_clockwise'), '.3f')} / {fmt(r.number('test_rmse_counter_clockwise'), '.3f')}",
+                     fmt(r.number("test_rmse_median"), ".3f"), fmt(r.number("test_recon_rmse")), like,
+                     f"{fmt(r.number('nfe_forward'), '.1f')} / {fmt(r.number('nfe_backward'), '.1f')}", steps_cell([r]),
+                     fmt(r.number("sec_per_step"), ".3f"), fmt(r.number("wall_time"), ".0f"), solver])
     if rows:
         rep.add("### Per run: test metrics, NFE per training step (forward / backward), time", "")
         rep.add(*md_table(["run", "model", "n_obs", "test_rmse", "clockwise / counter-cl.", "median",

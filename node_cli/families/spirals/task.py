@@ -29,7 +29,6 @@ REFERENCE_RTOL = 1e-7   # the tight solve that `extrap_solver_error` compares th
 
 class SpiralTask:
     def __init__(self, cfg, device: torch.device):
-        check(cfg)
         self.cfg, self.device = cfg, device
         d = cfg.dataset
         train, test = split(generate(d), d.test_fraction)
@@ -119,7 +118,7 @@ class SpiralTask:
         the RMS difference of the two predictions (small against test_rmse: the tolerance is not the limit)."""
         x, t = self.test.observations()
         t_ext, _ = self.test.extrapolation()
-        ref = ODEBlock(self.model.ode.field.field, OmegaConf.merge(
+        ref = ODEBlock(self.model.ode.vector_field, OmegaConf.merge(
             self.cfg.solver, dict(method="dopri5", rtol=rtol, atol=rtol / 10, adjoint=False, max_num_steps=None)))
         self.model.eval()
         pred = self.model.forecast(x, t, t_ext)

@@ -32,7 +32,7 @@ def test_linear_systems_match_the_matrix_exponential(compose, system):
     assert exact.abs().max() > 0.5                        # not a trajectory that has died out
 
 
-def test_the_parameters_are_the_issues():
+def test_each_systems_field_has_its_published_parameters():
     assert torch.equal(matrix("spiral"), torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64))
     assert torch.equal(matrix("linear_lv"), torch.tensor([[0.0, -3.0], [1.5, 0.0]], dtype=torch.float64))
     assert torch.equal(matrix("random", 3), torch.randn(2, 2, generator=torch.Generator().manual_seed(3),

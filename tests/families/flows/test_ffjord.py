@@ -267,7 +267,7 @@ def test_tiny_ffjord_run_writes_its_files_and_figures(tmp_path, assert_png, expe
     extra = EXPERIMENTS[experiment]
     main([f"experiment={experiment}", *TINY, *extra, f"hydra.run.dir={out}"])
     s = json.loads((out / "summary.json").read_text())
-    assert s["status"] == "ok" and s["steps"] == 3 and s["task"] == "flow" and s["model"] == "ffjord"
+    assert s["status"] == "ok" and s["steps"] == 3 and s["task"] == "flows" and s["model"] == "ffjord"
     assert math.isfinite(s["test_nll"]) and s["test_examples"] == 60 and s["nfe_forward"] > 0
     assert s["test_kinetic"] > 0 and s["test_jacobian"] > 0 and s["t1"] > 0 and s["eval_nfe_forward"] > 0
     cfg = OmegaConf.load(out / ".hydra" / "config.yaml")

@@ -272,7 +272,7 @@ def test_tiny_run_writes_its_files_and_figures(tmp_path, assert_png, experiment,
     out = tmp_path / "run"
     main([f"experiment={experiment}", *TINY, *extra, f"hydra.run.dir={out}"])
     s = json.loads((out / "summary.json").read_text())
-    assert s["status"] == "ok" and s["steps"] == 3 and s["task"] == "flow"
+    assert s["status"] == "ok" and s["steps"] == 3 and s["task"] == "flows"
     assert math.isfinite(s[metric]) and s["test_examples"] == 100
     assert sorted(s["figures"]) == ["density.png", "flow.png"]
     for name in s["figures"]:
@@ -280,7 +280,7 @@ def test_tiny_run_writes_its_files_and_figures(tmp_path, assert_png, experiment,
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 3] and rows[-1]["final"]
     cfg = OmegaConf.load(out / ".hydra" / "config.yaml")
-    assert cfg.task == "flow" and cfg.name == experiment
+    assert cfg.task == "flows" and cfg.name == experiment
     if experiment.startswith(("cnf", "density_cnf")):
         assert s["nfe_forward"] > 0 and cfg.model.width == int(extra[0].split("=")[1])
         assert (s["nfe_backward"] > 0) == cfg.solver.adjoint

@@ -95,7 +95,7 @@ def test_table1_rows_trace_back_to_their_runs(mnist):
         assert float(row["nfe_forward"]) == pytest.approx(s["nfe_forward"])
         assert float(row["test_examples"]) == s["test_examples"] == 24          # the whole (small) test set
         rid = row["run_ids"]
-        assert re.search(rf"\| {rid} \| ok \| classify/{model} \|", md)         # the run's line under 'Runs'
+        assert re.search(rf"\| {rid} \| ok \| mnist/{model} \|", md)         # the run's line under 'Runs'
         assert any(line.startswith("| ") and f"| {rid}" in line and f"{100 * s['test_error']:.2f}%" in line
                    for line in md.splitlines())                              # the table line names it
     assert float(rows["odenet"]["nfe_backward"]) > 0 and float(rows["rknet"]["nfe_backward"]) == 0
@@ -218,7 +218,7 @@ def test_table1_comparisons_with_one_seed_say_there_is_no_interval(mnist):
     rows = read_csv(mnist["out"] / "table1_comparisons.csv")
     assert [(r["a"], r["b"]) for r in rows] == [("ODE-Net", "ResNet"), ("RK-Net", "ResNet"), ("ODE-Net", "1-layer MLP"),
                                                ("ResNet", "1-layer MLP")]
-    table = {load_run(Path(d)).model: load_run(Path(d)).s("test_error")
+    table = {load_run(Path(d)).model: load_run(Path(d)).number("test_error")
              for d in (r["run_dirs"] for r in read_csv(mnist["out"] / "table1.csv"))}
     for r in rows:
         assert r["n"] == "1" and r["verdict"] == "not established: no interval from 1 seed (needs 2 or more)"

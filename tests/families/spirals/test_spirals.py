@@ -180,7 +180,7 @@ def test_tiny_end_to_end_run_writes_its_files(config, tmp_path, assert_png, expe
     cli.main([f"experiment={experiment}", *TINY, "trainer=quick", "trainer.max_steps=4", "trainer.eval_every=2",
               f"hydra.run.dir={out}"])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["task"] == "latent" and summary["steps"] == 4
+    assert summary["status"] == "ok" and summary["task"] == "spirals" and summary["steps"] == 4
     for key in ("test_rmse", metric, "test_recon_rmse", "nfe_forward", "nfe_backward", "activation_bytes"):
         assert isinstance(summary[key], float | int), key
     assert summary["test_rmse"] > 0 and summary["n_obs"] == 12 and summary["figures"] == figures
