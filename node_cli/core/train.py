@@ -1,8 +1,9 @@
 """The training loop every experiment family shares.
 
-A family supplies a *task* (the `Task` protocol below). `fit` adds what every run records: NFE-F/NFE-B per step,
-seconds per step, activation bytes and peak memory, metrics.jsonl lines, atomic checkpoints, and the run's status
-when the solver fails mid-run or the run is stopped.
+A family supplies a *task* (the `Task` protocol below). `fit` adds what every run records: the meter's per-step
+and evaluation measurements (core/meter.py: NFE-F/NFE-B, solver steps, seconds per step, evaluation NFE per solve),
+activation bytes and peak memory, metrics.jsonl lines, atomic checkpoints, and the run's status when the solver
+fails mid-run or the run is stopped. `Loop` is the control flow only.
 
 Run length, the same for every family: `trainer.max_steps`, when set, is the number of optimizer steps of the run
 (as many epochs as that takes); when null, the run is `trainer.epochs` epochs. An epoch is one pass over the
