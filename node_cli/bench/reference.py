@@ -24,7 +24,8 @@ import torch
 from .. import families
 from ..core.checks import ConfigError, DataError
 from ..core.clock import environment, median
-from ..core.solve import ODEBlock, nfe
+from ..core.meter import Count, blocks as meter_blocks
+from ..core.solve import ODEBlock
 from ..core.tables import write_table
 
 
@@ -35,18 +36,17 @@ def loops() -> dict:
 
 def node_step(task, optimizer):
     """node-run's training step, the body of core/train.py's loop: (batch) -> (loss, nfe_forward, nfe_backward)."""
-    model = task.model
+    blocks = meter_blocks(task.model)   # found once, as the training loop's meter does
 
     def step(batch):
-        f0, b0 = nfe(model)
-        loss = task.loss(batch)
-        if not torch.isfinite(loss):
-            raise RuntimeError("non-finite training loss")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        f1, b1 = nfe(model)
-        return loss.item(), f1 - f0, b1 - b0
+        with Count(blocks) as c:
+            loss = task.loss(batch)
+            if not torch.isfinite(loss):
+                raise RuntimeError("non-finite training loss")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return loss.item(), c.nfe_forward, c.nfe_backward
 
     return step
 
@@ -147,7 +147,7 @@ def measure(name, loop, args, log) -> dict:
 
     node = node_step(task, make_optimizer(cfg.trainer, model.parameters()))
     runners = {"node": node, "ref": loop.step}
-    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
+    blocks = meter_blocks(model)
     rec = {k: dict(sec=[], nfe=[], loss=[]) for k in runners}
     seen, handles = {}, []
     total = args.warmup_steps + args.reps

@@ -18,7 +18,7 @@ import torch
 
 from ...core.checks import ConfigError
 from ...core.clock import environment, median
-from ...core.solve import nfe
+from ...core.meter import Count
 from ...core.tables import write_table
 
 T1 = 0.5
@@ -65,15 +65,14 @@ class Runner:
         self.optimizer = make_optimizer(cfg.trainer, self.model.parameters())
 
     def step(self, batch) -> tuple[float, int, int, float]:
-        f0, b0 = nfe(self.model)
-        tic = time.perf_counter()
-        loss = self.model.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        sec = time.perf_counter() - tic
-        f1, b1 = nfe(self.model)
-        return sec, f1 - f0, b1 - b0, loss.item()
+        with Count(self.model) as c:
+            tic = time.perf_counter()
+            loss = self.model.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            sec = time.perf_counter() - tic
+        return sec, c.nfe_forward, c.nfe_backward, loss.item()
 
 
 def bench_dim(args, d: int, device: torch.device, log) -> dict:

@@ -19,7 +19,7 @@ from ...core.checks import ConfigError
 from ...core.clock import StepClock, environment, median
 from ...core.measure import activation_bytes, peak_memory
 from ...core.progress import bar
-from ...core.solve import ODEBlock, nfe
+from ...core.meter import Count, blocks as ode_blocks
 from ...core.tables import write_table
 from .data import default_root
 
@@ -67,7 +67,7 @@ class NodeRunner:
             epoch += 1
 
     def blocks(self):
-        return [m for m in self.model.modules() if isinstance(m, ODEBlock)]
+        return ode_blocks(self.model)
 
     def fields(self):
         return [b.vector_field for b in self.blocks()]
@@ -77,17 +77,16 @@ class NodeRunner:
 
     def step(self):
         batch = next(self.batches)
-        f0, b0 = nfe(self.model)
-        loss = self.task.loss(batch)
-        if not torch.isfinite(loss):
-            raise RuntimeError("non-finite training loss")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        f1, b1 = nfe(self.model)
-        return loss.item(), f1 - f0, b1 - b0
+        with Count(self.model) as c:
+            loss = self.task.loss(batch)
+            if not torch.isfinite(loss):
+                raise RuntimeError("non-finite training loss")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        return loss.item(), c.nfe_forward, c.nfe_backward
 
 
 class ReferenceRunner:

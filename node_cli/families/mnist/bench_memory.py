@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ...core.clock import environment
 from ...core.measure import activation_bytes, peak_memory, peak_memory_method, saved_by_shape
 from ...core.progress import bar
-from ...core.solve import nfe
+from ...core.meter import Count
 from ...core.tables import write_table
 from .bench import MEMORY_COLUMNS, VARIANTS, mnist_overrides
 
@@ -46,17 +46,16 @@ def memory_rows(args, device, log) -> list[dict]:
         else:
             torch.manual_seed(args.seed)
         loss_fn = lambda: F.cross_entropy(model(x), y)  # noqa: E731
-        f0, b0 = nfe(model)
-        act = activation_bytes(model, loss_fn)
-        f1, b1 = nfe(model)
+        with Count(model) as c:
+            act = activation_bytes(model, loss_fn)
         peak = peak_memory(model, loss_fn, device)
         rows.append(dict(model=model_name, setting=setting, tol=float(cfg.solver.rtol) if model_name != "resnet"
                          else None, blocks=int(cfg.model.blocks) if model_name == "resnet" else None,
                          adjoint=bool(cfg.solver.adjoint) if model_name != "resnet" else None,
-                         batch=len(x), nfe_forward=f1 - f0, nfe_backward=b1 - b0, activation_bytes=act,
+                         batch=len(x), nfe_forward=c.nfe_forward, nfe_backward=c.nfe_backward, activation_bytes=act,
                          peak_memory_bytes=peak, peak_memory_method=peak_memory_method(device),
                          largest_saved=saved_by_shape(model, loss_fn) if model_name == "odenet" else None))
-        log(f"  memory {model_name} {setting}: NFE {f1 - f0}/{b1 - b0}, activations {act / MiB:.2f} MiB, "
+        log(f"  memory {model_name} {setting}: NFE {c.nfe_forward}/{c.nfe_backward}, activations {act / MiB:.2f} MiB, "
             f"peak {peak / MiB:.2f} MiB")
     return rows
 
