@@ -25,7 +25,8 @@ from .core.checks import ConfigError, DataError, StorageError, one_line
 from .core.compose import GROUPS, compose, keys, nearest, options
 from .core import stop
 from .core.rundir import (CHECKPOINT, CLAIM, CONFIG, METRICS, SUMMARY, claim, holds_run, in_use, locked,
-                           read_checkpoint, read_summary, resumes)
+                          read_summary, resumes)
+from .core.runs import read_checkpoint
 from .experiment import FAILED, INTERRUPTED, execute, finish
 
 HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package", "--resolve",

@@ -18,8 +18,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .core.checks import ConfigError, DataError, StorageError, integer, one_line
-from .core.rundir import (BUDGET, CHECKPOINT, CONFIG, RESUMABLE, SUMMARY, atomic_write, load_config, locked,
-                           read_checkpoint, read_summary, resumes)
+from .core.rundir import BUDGET, CHECKPOINT, CONFIG, RESUMABLE, SUMMARY, atomic_write, locked, read_summary, resumes
+from .core.runs import load_config, read_checkpoint
 
 
 def parse(argv: list[str]) -> tuple[Path, dict]:

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from node_cli.core.rundir import CHECKPOINT, read_checkpoint
+from node_cli.core.rundir import CHECKPOINT
+
+from node_cli.core.runs import read_checkpoint
 from node_cli.core.solve import nfe
 from node_cli.families.flows.task import FlowTask
 

@@ -16,7 +16,8 @@ import torch
 from omegaconf import OmegaConf
 
 from node_cli import families
-from node_cli.core.rundir import CHECKPOINT, CONFIG, SUMMARY, load_checkpoint
+from node_cli.core.rundir import CHECKPOINT, CONFIG, SUMMARY
+from node_cli.core.runs import load_checkpoint
 from node_cli.evaluate import evaluate
 from node_cli.experiment import configure, execute
 

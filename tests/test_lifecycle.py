@@ -23,7 +23,8 @@ from PIL import Image
 
 from node_cli import cli, resume
 from node_cli.core.checks import ConfigError
-from node_cli.core.rundir import CHECKPOINT, METRICS, SUMMARY, load_checkpoint
+from node_cli.core.rundir import CHECKPOINT, METRICS, SUMMARY
+from node_cli.core.runs import load_checkpoint
 from node_cli.core.solve import ODEBlock, TooManyEvaluations
 from node_cli.core.train import Loop
 from node_cli.experiment import configure, execute

@@ -8,7 +8,8 @@ import torch
 
 from node_cli.core import stop
 from node_cli.core.checks import ConfigError
-from node_cli.core.rundir import CHECKPOINT, CONFIG, METRICS, load_checkpoint
+from node_cli.core.rundir import CHECKPOINT, CONFIG, METRICS
+from node_cli.core.runs import load_checkpoint
 from node_cli.core.train import Loop
 from node_cli.experiment import configure, execute
 from node_cli.resume import prepare
@@ -184,7 +185,7 @@ def test_resume_of_a_damaged_run_is_one_line_exit_2(finished_run, tmp_path, caps
 
 
 def test_every_key_a_resume_reads_is_in_the_checkpoint_a_run_writes(finished_run):
-    from node_cli.core.rundir import STATE_KEYS, check_state
+    from node_cli.core.runs import STATE_KEYS, check_state
 
     ckpt = load_checkpoint(finished_run / CHECKPOINT)
     check_state(ckpt, finished_run / CHECKPOINT)

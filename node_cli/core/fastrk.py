@@ -6,7 +6,7 @@ Besides the stage arithmetic below: every requested time inside a step is interp
 step size is computed on floats (`_fast_optimal_step_size`), and with `solver.first_step_grad=false` the first
 step's size is estimated without a graph (`_constant_first_step`, opt-in: it changes gradients); with
 `solver.compile=true` a step's stage evaluations, stage sums and error estimate run as one torch.compile'd function
-(`_compiled_stages`, opt-in; the adaptive loop stays in Python).
+(core/rkcompile.py, opt-in; the adaptive loop stays in Python).
 
 torchdiffeq keeps the stages in one [*shape, stages] buffer (stage dimension last) and forms every combination
 y0 + sum_j c_j k_j as a strided multiply into a temporary followed by a strided sum: on a CPU that is a quarter of
@@ -17,9 +17,9 @@ with only its `_runge_kutta_step` (and `_compute_error_ratio`) globals swapped, 
 rejection, dense output and the adjoint are untouched. Same trajectory up to float rounding (summation order),
 hence the same NFE except at a knife-edge accept/reject decision.
 
-Backprop through the solver (no adjoint) records a light graph (`LIGHT_GRAPH`): each stage combination is one
-autograd node (`_StageSum`, whose backward is the transposed linear map) and each step's dense output another
-(`_DenseOutput`: one matrix product, gradients for the states and for the times and step size where they carry
+Backprop through the solver (no adjoint) records a light graph (`LIGHT_GRAPH`, core/rkgraph.py): each stage combination is one
+autograd node (`StageSum`, whose backward is the transposed linear map) and each step's dense output another
+(`DenseOutput`: one matrix product, gradients for the states and for the times and step size where they carry
 one), instead of tens of recorded scalar-times-tensor ops per step. A step whose dt carries a gradient (the first:
 torchdiffeq differentiates its first step size) computes its values with torchdiffeq's own ops on its stage-last
 buffer, so they are torchdiffeq's to the bit, in the same one node per stage; the gradients agree to rounding.
@@ -37,39 +37,18 @@ from __future__ import annotations
 import importlib
 import types
 import warnings
-import weakref
 from collections.abc import Sequence
 
 import torch
 import torchdiffeq
+
+from .rkgraph import DenseOutput, combine, dense_weights, stage_sum
 
 SUFFIX = "+fastrk"        # torchdiffeq method name of an adaptive Runge-Kutta solver with fast stage arithmetic
 TESTED = ("0.2.5",)       # torchdiffeq versions whose private layout this module was checked against
 _FAST: dict | None = None  # method -> its fast name, once registered ({} when it fell back)
 LIGHT_GRAPH = True         # one autograd node per stage sum and per step's dense output (False: the older recorded
                            # op-by-op graph; kept for A/B measurements and tests, not a user setting)
-
-
-# Fast stage arithmetic for torchdiffeq's adaptive Runge-Kutta solvers (dopri5, dopri8, bosh3, fehlberg2,
-# adaptive_heun). torchdiffeq keeps the stages in one [*shape, stages] buffer (stage dimension last) and forms
-# every combination y0 + sum_j c_j k_j as a strided multiply into a temporary followed by a strided sum: on a
-# CPU that is a quarter of an MNIST ODE-Net training step. The variant below keeps the stages as a list of
-# contiguous tensors and accumulates the same float32 coefficients in place, and fits the dense-output polynomial
-# of a step only when a requested time falls inside it (lazily). Everything else is torchdiffeq's
-# own code: `_adaptive_step` is torchdiffeq's function object with only its `_runge_kutta_step` global swapped,
-# so step-size control, error norm, rejection, dense output and the adjoint are untouched. Same trajectory up to
-# float rounding (summation order), hence the same NFE except at a knife-edge accept/reject decision.
-# ---------------------------------------------------------------------------------------------------------------
-
-def _combine(ks, coeffs, base=None):
-    """base + sum_j coeffs[j] * ks[j], coefficients as Python floats; zero coefficients are skipped."""
-    out = None
-    for c, k in zip(coeffs, ks):
-        if c != 0.0:
-            out = torch.mul(k, c) if out is None else out.add_(k, alpha=c)
-    if out is None:
-        out = torch.zeros_like(ks[0])
-    return out if base is None else out.add_(base)
 
 
 def _real_dtype(y: torch.Tensor) -> torch.dtype:
@@ -133,54 +112,11 @@ def _split(flat, sizes):
     return out
 
 
-class _StageSum(torch.autograd.Function):
-    """One stage combination of a Runge-Kutta step, base + sum_j c_j k_j with c_j = beta_j dt, as ONE autograd node
-    (recorded op by op it is about i multiplies, i sums and their nodes, each a few microseconds on a small state).
-
-    forward(coeffs, c, beta, dt, buffer, base, *ks), with c = beta * dt (a tensor of the state's dtype) and coeffs
-    its values as Python floats: `buffer` None: the fast in-place sum (`_combine`); otherwise torchdiffeq's own ops
-    on its stage-last buffer, base + (buffer[..., :n] * c).sum(-1), the stages k_j written into the buffer without a
-    graph: what a step whose dt carries a gradient uses, so that its values are torchdiffeq's to the bit. backward:
-    the same linear map transposed, in one product: grad k_j = c_j g, grad base = g, and where dt needs one,
-    grad dt = sum_j beta_j <g, k_j> (torchdiffeq differentiates c = beta * dt)."""
-
-    @staticmethod
-    def forward(ctx, coeffs, c, beta, dt, buffer, base, *ks):
-        if buffer is None:
-            out = _combine(ks, coeffs, base=base)
-        else:
-            out = base + torch.sum(buffer[..., :len(ks)] * c, dim=-1).view_as(base)
-        ctx.c = c
-        if ctx.needs_input_grad[3]:
-            ctx.beta, ctx.buffer = beta, buffer   # the buffer's first n columns never change after this stage
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        grad_dt = None
-        c = ctx.c
-        if ctx.needs_input_grad[3]:
-            stages = ctx.buffer[..., :len(c)]
-            grad_dt = ((stages * g.unsqueeze(-1)).reshape(-1, len(c)).sum(0) * ctx.beta).sum()
-        grads = (g.unsqueeze(0) * c.view(-1, *[1] * g.dim())).unbind(0)
-        return None, None, None, grad_dt, None, g, *grads
-
-
-def _stage_sum(coeffs, c, beta, dt, buffer, base, ks):
-    """_StageSum where anything needs a gradient; the same forward without autograd's bookkeeping elsewhere."""
-    if torch.is_grad_enabled() and (dt.requires_grad or base.requires_grad or any(k.requires_grad for k in ks)):
-        return _StageSum.apply(coeffs, c, beta, dt, buffer, base, *ks)
-    if buffer is None:
-        return _combine(ks, coeffs, base=base)
-    with torch.no_grad():
-        return base + torch.sum(buffer[..., :len(ks)] * c, dim=-1).view_as(base)
-
-
 def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     """Drop-in for torchdiffeq's `_runge_kutta_step`; returns the stages as a list instead of a stacked buffer.
 
     The stage inputs y0 + sum_j (beta_ij dt) k_j use torchdiffeq's coefficients beta_ij * dt (in the state's dtype),
-    read once per step, each stage combination one autograd node (`_StageSum`); the error estimate is formed
+    read once per step, each stage combination one autograd node (`StageSum`); the error estimate is formed
     without a graph (it only steers the step size, which torchdiffeq computes without gradients too). When dt
     itself carries a gradient (backprop through the solver: torchdiffeq's first step size is computed from y0 and
     f0 with autograd on), the stage sums and the error estimate are torchdiffeq's own ops on its stage-last buffer
@@ -219,131 +155,20 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
         else:
             ti, perturb = t0 + alpha_i * dt, Perturb.NONE
         if light:
-            yi = _stage_sum(coeffs[i], cs[i], rows[i], dt, buffer, y0, ks)
+            yi = stage_sum(coeffs[i], cs[i], rows[i], dt, buffer, y0, ks)
         else:
-            yi = _combine(ks, coeffs[i], base=y0)
+            yi = combine(ks, coeffs[i], base=y0)
         ks.append(func(ti, yi, perturb=perturb))
         if buffer is not None:
             buffer[..., i + 1] = ks[-1].detach()
     if not fsal:
-        yi = _stage_sum(coeffs[-2], cs[-2], rows[-2], dt, buffer, y0, ks) if light else _combine(ks, coeffs[-2], y0)
+        yi = stage_sum(coeffs[-2], cs[-2], rows[-2], dt, buffer, y0, ks) if light else combine(ks, coeffs[-2], y0)
     with torch.no_grad():
         if buffer is None:
-            error = _combine(ks, coeffs[-1])
+            error = combine(ks, coeffs[-1])
         else:
             error = torch.sum(buffer * (dt.detach() * rows[-1]), dim=-1)   # torchdiffeq's dt * c_error
     return yi, ks[-1], error, ks
-
-
-_COMPILE_WARNED = False   # the one warning per process when solver.compile falls back to the eager step
-
-
-def _compile_unavailable(device: torch.device) -> str | None:
-    """Why torch.compile cannot build a step for tensors on `device` here (None: it can): inductor needs a C++
-    compiler for CPU code and Triton for CUDA code."""
-    try:
-        if device.type == "cpu":
-            from torch._inductor.cpp_builder import get_cpp_compiler
-            get_cpp_compiler()
-        elif device.type == "cuda":
-            from torch.utils._triton import has_triton
-            if not has_triton():
-                return "no Triton for CUDA"
-        else:
-            return f"no inductor backend checked for {device.type}"
-    except Exception as exc:   # noqa: BLE001 - any failure here means: not available
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
-
-
-def _warn_eager(why: str) -> None:
-    global _COMPILE_WARNED
-    if not _COMPILE_WARNED:
-        _COMPILE_WARNED = True
-        warnings.warn(f"solver.compile: the step cannot be compiled here ({why}); using the eager step (the same "
-                      "method and steps)", RuntimeWarning, stacklevel=4)
-
-
-def _stages(field, y0, f0, t0, dt, t1, alpha, beta, c_error, fsal):
-    """The body `_CompiledStages` compiles: a step's stage evaluations field(t_i, y_i), its stage sums
-    y_i = y0 + sum_j (beta_ij dt) k_j and its error estimate sum_j (c_error_j dt) k_j (without a graph, as the eager
-    step), the tableau's rows as Python floats (constants of the compiled graph) and dt, t0, t1 as 0-dim tensors (so
-    one graph serves every step size). The stage at alpha = 1 is evaluated at the float just below t1 with the
-    gradient passing through, as torchdiffeq's Perturb.PREV."""
-    ks, yi = [f0], y0
-    for alpha_i, row in zip(alpha, beta):
-        if alpha_i == 1.0:
-            t = t1.detach()
-            ti = t1 + (torch.nextafter(t, t - 1) - t)
-        else:
-            ti = t0 + alpha_i * dt
-        yi = y0 + sum(k * (c * dt) for c, k in zip(row, ks) if c != 0.0)
-        ks.append(field(ti, yi))
-    if not fsal:
-        yi = y0 + sum(k * (c * dt) for c, k in zip(beta[-1], ks) if c != 0.0)
-    error = sum(k.detach() * (c * dt.detach()) for c, k in zip(c_error, ks) if c != 0.0)
-    return yi, error, *ks
-
-
-class _CompiledStages:
-    """`_stages` torch.compile'd for one vector field (solver.compile=true), compiled once per shape, dtype and
-    grad mode (torch.compile's guards; dynamic=False: a few fixed shapes per run). Each field gets its own copy of
-    the code object, so each has its own cache and recompile limit. `counter` (the field's evaluation counter: an
-    object with `count(n)`, node-run's CountedField) is told the stage count after each compiled step: the count
-    happens outside the graph, which calls `field` itself. Falls back to the eager step, with one warning, when
-    compilation is unavailable or fails."""
-
-    def __init__(self, field, counter=None):
-        self.field, self.counter = field, counter
-        self.fn, self.consts = None, (None, None)
-        code = _stages.__code__.replace()   # a fresh code object: torch.compile's cache hangs on it
-        self.body = types.FunctionType(code, _stages.__globals__, _stages.__name__)
-
-    def step(self, y0, f0, t0, dt, t1, tableau):
-        """(y1, f1, error, stages) as `_fast_runge_kutta_step` returns them, or None: take the eager step."""
-        if self.fn is False:
-            return None
-        if self.fn is None:
-            why = _compile_unavailable(y0.device)
-            if why is not None:
-                self.fn = False
-                _warn_eager(why)
-                return None
-            self.fn = torch.compile(self.body, dynamic=False, fullgraph=True)
-        if self.consts[0] is not tableau:   # the tableau as Python floats, read once per tableau
-            alpha, rows, _cat, _sizes, fsal = _tableau(tableau)
-            self.consts = (tableau, (tuple(alpha), tuple(tuple(r.tolist()) for r in rows[:-1]),
-                                     tuple(rows[-1].tolist()), fsal))
-        t_dtype = _real_dtype(y0)
-        try:
-            y1, error, *ks = self.fn(self.field, y0, f0, t0.to(t_dtype), dt.to(t_dtype), t1.to(t_dtype),
-                                     *self.consts[1])
-        except Exception as exc:   # noqa: BLE001 - compilation failed (unsupported op, no compiler, ...): eager
-            self.fn = False
-            _warn_eager(f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
-            return None
-        if self.counter is not None:
-            self.counter.count(len(ks) - 1)
-        return y1, ks[-1], error, ks
-
-
-_COMPILED = weakref.WeakKeyDictionary()   # the module under torchdiffeq's wrapper -> its _CompiledStages
-
-
-def _compiled_stages(func) -> _CompiledStages | None:
-    """The compiled step for the vector field under torchdiffeq's wrapper `func`, one per field and process; None
-    for what it does not cover (tuple states and reversed time: torchdiffeq's wrappers in between)."""
-    from torchdiffeq._impl.misc import _PerturbFunc
-
-    base = getattr(func, "base_func", None)
-    while type(base) is _PerturbFunc:   # odeint_adjoint's forward solve wraps its wrapped field again
-        base = base.base_func
-    if not isinstance(base, torch.nn.Module) or type(base).__module__.startswith("torchdiffeq"):
-        return None
-    if base not in _COMPILED:
-        counted = callable(getattr(base, "count", None)) and isinstance(getattr(base, "field", None), torch.nn.Module)
-        _COMPILED[base] = _CompiledStages(base.field, base) if counted else _CompiledStages(base)
-    return _COMPILED[base]
 
 
 @torch.no_grad()
@@ -357,67 +182,6 @@ def _fast_optimal_step_size(last_step, error_ratio, safety, ifactor, dfactor, or
     return last_step * min(float(ifactor), max(float(safety) / ratio ** (1.0 / order), low))
 
 
-def _dense_weights(xs, dt, mid, derivatives=False):
-    """The weights of (y0, y1, k_0 ... k_s) in torchdiffeq's fourth-order dense output at the positions xs (floats
-    in [0, 1]) of a step of size dt: p(x) = e + d x + c x^2 + b x^3 + a x^4 is linear in y0, y1,
-    y_mid = y0 + dt sum_j mid_j k_j, f0 = k_0 and f1 = k_s, so each weight is a scalar polynomial in x (times dt
-    for the stages). With `derivatives`, also their derivatives in x and in dt (the stages' weights over dt)."""
-    rows, by_x, by_dt = [], [], []
-    for xi in xs:
-        x2 = xi * xi
-        x3, x4 = x2 * xi, x2 * x2
-        w_mid = 16 * x2 - 32 * x3 + 16 * x4
-        per_dt = [w_mid * m for m in mid]
-        per_dt[0] += xi - 4 * x2 + 5 * x3 - 2 * x4                            # f0 = k_0
-        per_dt[-1] += x2 - 3 * x3 + 2 * x4                                    # f1 = k_s
-        rows.append([1 - 11 * x2 + 18 * x3 - 8 * x4 + w_mid, -5 * x2 + 14 * x3 - 8 * x4]
-                    + [dt * w for w in per_dt])
-        if derivatives:
-            d_mid = 32 * xi - 96 * x2 + 64 * x3
-            d_dt = [d_mid * m for m in mid]
-            d_dt[0] += 1 - 8 * xi + 15 * x2 - 8 * x3
-            d_dt[-1] += 2 * xi - 9 * x2 + 8 * x3
-            by_x.append([-22 * xi + 54 * x2 - 32 * x3 + d_mid, -10 * xi + 42 * x2 - 32 * x3]
-                        + [dt * w for w in d_dt])
-            by_dt.append([0.0, 0.0] + per_dt)
-    return rows, by_x, by_dt
-
-
-class _DenseOutput(torch.autograd.Function):
-    """A step's dense output at the positions x [m] as one matrix product of `_dense_weights` with the step's
-    (y0, y1, k_0 ... k_s), and ONE autograd node: forward(x, dt, mid, y0, y1, *ks) -> [m, *y0.shape]. Its backward
-    is the transposed product for the states, and the weights' derivatives for x and dt when they carry a gradient
-    (after a first step size with one, every later time does): torchdiffeq fits the polynomial and evaluates it in
-    about forty recorded ops, each its own node."""
-
-    @staticmethod
-    def forward(ctx, x, dt, mid, y0, *states):
-        xs, dtf = x.tolist(), float(dt)
-        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        rows, by_x, by_dt = _dense_weights(xs, dtf, mid, derivatives=need)
-        weights = torch.tensor(rows, dtype=y0.dtype, device=y0.device)
-        values = torch.stack([y0, *states]).reshape(len(states) + 1, -1)
-        ctx.shape, ctx.derivatives = y0.shape, (by_x, by_dt)
-        ctx.save_for_backward(weights, values if need else None)
-        return torch.mm(weights, values).view(len(rows), *y0.shape)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable   # the weights are floats of x: no second derivative in x
-    def backward(ctx, g):
-        weights, values = ctx.saved_tensors
-        grad = g.reshape(len(weights), -1)
-        grad_values = torch.mm(weights.t(), grad).view(len(weights.t()), *ctx.shape).unbind(0)
-        grad_x = grad_dt = None
-        if values is not None:
-            by_weight = torch.mm(grad, values.t())                            # d loss / d weight [m, s + 2]
-            by_x, by_dt = (torch.tensor(d, dtype=grad.dtype, device=grad.device) for d in ctx.derivatives)
-            if ctx.needs_input_grad[0]:
-                grad_x = (by_weight * by_x).sum(1)
-            if ctx.needs_input_grad[1]:
-                grad_dt = (by_weight * by_dt).sum()
-        return grad_x, grad_dt, None, *grad_values
-
-
 class _LazyInterp(Sequence):
     """The dense-output coefficients of one accepted step, computed the first time they are read: a solve asked
     for its value at t1 only interpolates in its last step, so the fits of all earlier steps are never needed."""
@@ -428,14 +192,14 @@ class _LazyInterp(Sequence):
 
     def at(self, x: torch.Tensor) -> torch.Tensor:
         """The polynomial at the positions x [m] (in [0, 1]) as one matrix product of fixed weights with the step's
-        (y0, y1, k_0 ... k_s) (`_dense_weights`, `_DenseOutput`). The same values as torchdiffeq's fit and
+        (y0, y1, k_0 ... k_s) (`dense_weights`, `DenseOutput`). The same values as torchdiffeq's fit and
         evaluation up to rounding, without their ops; gradients for the states, and for x and dt where they carry
         one."""
         y0, y1, ks, dt, mid = self.step
         x = x.to(y0.dtype)
         if torch.is_grad_enabled() and (x.requires_grad or dt.requires_grad):
-            return _DenseOutput.apply(x, dt, mid, y0, y1, *ks)
-        rows = _dense_weights(x.tolist(), float(dt), mid)[0]
+            return DenseOutput.apply(x, dt, mid, y0, y1, *ks)
+        rows = dense_weights(x.tolist(), float(dt), mid)[0]
         weights = torch.tensor(rows, dtype=y0.dtype, device=y0.device)
         values = torch.stack([y0, y1, *ks]).reshape(len(ks) + 2, -1)
         return torch.mm(weights, values).view(len(rows), *y0.shape)
@@ -460,7 +224,7 @@ def _fast_interp_fit(self, y0, y1, k, dt):
         if dt_.requires_grad:   # torchdiffeq's arithmetic, gradient through dt included
             y_mid = y0 + torch.sum(torch.stack(k, -1) * (dt_ * self.mid), dim=-1).view_as(y0)
         else:
-            y_mid = _combine(k, (dt_ * self.mid).tolist(), base=y0)
+            y_mid = combine(k, (dt_ * self.mid).tolist(), base=y0)
         return _interp_fit(y0, y1, y_mid, k[0], k[-1], dt_)
 
     plain = (LIGHT_GRAPH or not dt.requires_grad) and not y0.is_complex() and len(self.mid) == len(k)
@@ -589,7 +353,10 @@ def _register() -> dict:
     def __init__(self, func, *args, row_times=None, first_step_grad=True, compile=False, **kwargs):
         if type(func) is perturb:   # this solve's own wrapper: a per-instance override
             func.forward = types.MethodType(_fast_perturb_forward, func)
-            func.compiled = _compiled_stages(func) if compile else None   # solver.compile
+            func.compiled = None
+            if compile:   # solver.compile
+                from .rkcompile import compiled_stages
+                func.compiled = compiled_stages(func)
         self.row_times = row_times   # `solve_rows`: each row's own output times
         self.first_step_grad = first_step_grad
         super(type(self), self).__init__(func, *args, **kwargs)

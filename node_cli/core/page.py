@@ -14,7 +14,7 @@ from typing import Callable
 
 from . import tables
 from .compose import experiment_defaults, flat
-from .rundir import Run
+from .runs import Run
 
 OPTIMIZER_KEYS = ("optimizer", "lr", "lr_batch_denom", "momentum", "weight_decay", "schedule", "min_lr_ratio")
 

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from ..core.checks import ConfigError, one_line, resolve_device
 from ..core.compose import flat, nearest
-from ..core.rundir import CHECKPOINT, CONFIG, RESUMABLE, load_config, read_checkpoint
+from ..core.rundir import CHECKPOINT, CONFIG, RESUMABLE
+from ..core.runs import load_config, read_checkpoint
 from . import build, check
 
 TOLERANCES = ("solver.rtol", "solver.atol")

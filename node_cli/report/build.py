@@ -3,7 +3,7 @@ every problem.
 
 Every folder under the given ones that holds `.hydra/config.yaml`, `summary.json` or `metrics.jsonl` is a run,
 single or inside a multirun sweep; what a run *is* comes from its `.hydra/config.yaml` (task, model, dataset,
-solver), never from folder names (core/rundir.py). A run is used when its summary says `status: ok`; failed,
+solver), never from folder names (core/runs.py). A run is used when its summary says `status: ok`; failed,
 interrupted and unfinished runs (no summary yet) are listed as such. How a table cell chooses its runs:
 core/page.py. The sections themselves live in each family's report.py, in registry order.
 """
@@ -16,7 +16,7 @@ from .. import families
 from ..core.checks import one_line
 from ..core.page import Page
 from ..core.progress import bar
-from ..core.rundir import Run, discover
+from ..core.runs import Run, discover
 from ..core.tables import fmt, md_table
 
 

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from .. import families
-from ..core.rundir import CHECKPOINT, SUMMARY, discover
+from ..core.rundir import CHECKPOINT, SUMMARY
+from ..core.runs import discover
 from .build import build
 
 

@@ -1,6 +1,7 @@
 """The fast Runge-Kutta arithmetic (core/fastrk.py) computes what torchdiffeq's own does: the same trajectory,
 gradients and steps (NFE) in float64 and float32, with and without the adjoint, for tensor and tuple states; it is
-registered only on first use, and an untested torchdiffeq falls back with one warning."""
+registered only on first use, and an untested torchdiffeq falls back with one warning. Also the light graph
+(core/rkgraph.py) and the compiled step (core/rkcompile.py), which exist only inside the fast path."""
 import copy
 import importlib
 import json
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from node_cli.core import fastrk
+from node_cli.core import fastrk, rkcompile, rkgraph
 from node_cli.core.solve import ODEBlock
 from node_cli.families.mnist.models import ConvField
 
@@ -125,7 +126,7 @@ o = importlib.import_module("torchdiffeq._impl.odeint")
 before = set(o.SOLVERS)
 import node_cli.core.solve, node_cli.cli, node_cli.report.build, node_cli.bench.cli
 import node_cli.families.mnist.models, node_cli.families.flows.models, node_cli.families.spirals.models
-from node_cli.core import fastrk
+from node_cli.core import fastrk, rkcompile, rkgraph
 imported = dict(added=sorted(set(o.SOLVERS) - before), fast=fastrk._FAST)
 name = fastrk.method("dopri5")
 print(json.dumps(dict(imported=imported, name=name, added=sorted(set(o.SOLVERS) - before))))
@@ -269,7 +270,7 @@ def test_first_step_without_gradient_is_torchdiffeq_given_that_first_step(solver
     assert any((a - b).abs().max() > 1e-12 for a, b in zip(d_grads, grads))   # torchdiffeq's differs: dt0's path
 
 
-# One autograd node per stage sum and per step's dense output (fastrk._StageSum, fastrk._DenseOutput)
+# One autograd node per stage sum and per step's dense output (rkgraph.StageSum, rkgraph.DenseOutput)
 # ---------------------------------------------------------------------------------------------------------------
 
 def _graph_nodes(out, leave_out=()):
@@ -352,7 +353,7 @@ def test_stage_sum_node_differentiates_like_finite_differences_and_torchdiffeqs_
     def node(dt, y0, *ks):
         buffer = torch.stack([k.detach() for k in ks], -1) if with_dt_grad else None
         c = beta * dt.detach()
-        return fastrk._StageSum.apply(c.tolist(), c, beta, dt, buffer, y0, *ks)
+        return rkgraph.StageSum.apply(c.tolist(), c, beta, dt, buffer, y0, *ks)
 
     inputs = (dt, y0, *ks)
     recorded = y0 + sum(b * dt * k for b, k in zip(beta, ks))
@@ -382,7 +383,7 @@ def test_dense_output_node_is_torchdiffeqs_fit_and_evaluation_with_gradients_thr
     x = torch.tensor([0.0, 0.1, 0.5, 0.93, 1.0], **new)
 
     def ours(x, dt, y0, y1, *ks):
-        return fastrk._DenseOutput.apply(x, dt, mid.tolist(), y0, y1, *ks)
+        return rkgraph.DenseOutput.apply(x, dt, mid.tolist(), y0, y1, *ks)
 
     def torchdiffeqs(x, dt, y0, y1, *ks):
         y_mid = y0 + torch.sum(torch.stack(ks, -1) * (dt * mid), dim=-1)
@@ -447,7 +448,7 @@ def _walk(fn):
     return seen
 
 
-# solver.compile=true: the step body torch.compile'd (fastrk._CompiledStages)
+# solver.compile=true: the step body torch.compile'd (rkcompile.CompiledStages)
 # ---------------------------------------------------------------------------------------------------------------
 
 class TimedMLP(nn.Module):
@@ -463,7 +464,7 @@ class TimedMLP(nn.Module):
 
 
 def _compile_skip_reason():
-    return fastrk._compile_unavailable(torch.device("cpu"))
+    return rkcompile._compile_unavailable(torch.device("cpu"))
 
 
 def _compile_runs(solver_cfg, compile_flags):
@@ -494,7 +495,7 @@ def test_compiled_step_takes_the_eager_steps_values_and_gradients(solver_cfg):
         e_run2, run2 = (steps_and_solution(b, y0, torch.linspace(0, 8, 10)) for b in (eager, block))
     since = lambda second, first: (tuple(b - a for a, b in zip(first[0], second[0])), *second[1:])  # noqa: E731
     e_run2, run2 = since(e_run2, e_run), since(run2, run)                   # the counts are the block's totals
-    compiled = fastrk._COMPILED[block.field]
+    compiled = rkcompile._COMPILED[block.field]
     assert compiled.fn not in (None, False) and compiled.counter is block.field   # the compiled body ran
     assert "compile" not in eager.kwargs["options"] and block.kwargs["options"]["compile"] is True
     for (e_counts, e_out, e_grads), (counts, out, grads) in ((e_run, run), (e_run2, run2)):
@@ -509,11 +510,11 @@ def test_compiled_step_takes_the_eager_steps_values_and_gradients(solver_cfg):
 
 def test_compile_unavailable_falls_back_to_the_eager_step_with_one_warning(monkeypatch, solver_cfg):
     """Without a compiler (faked): one warning that names the reason, then exactly the eager fast path's solve."""
-    monkeypatch.setattr(fastrk, "_compile_unavailable", lambda device: "no C++ compiler (test)")
-    monkeypatch.setattr(fastrk, "_COMPILE_WARNED", False)
+    monkeypatch.setattr(rkcompile, "_compile_unavailable", lambda device: "no C++ compiler (test)")
+    monkeypatch.setattr(rkcompile, "_COMPILE_WARNED", False)
     with pytest.warns(RuntimeWarning, match=r"solver.compile: .*no C\+\+ compiler \(test\)") as caught:
         (_, e_counts, e_out, e_grads), (block, counts, out, grads), *_ = _compile_runs(solver_cfg, (False, True, True))
     assert len([w for w in caught if "solver.compile" in str(w.message)]) == 1
-    assert fastrk._COMPILED[block.field].fn is False
+    assert rkcompile._COMPILED[block.field].fn is False
     assert counts == e_counts
     assert torch.equal(out, e_out) and all(torch.equal(a, b) for a, b in zip(e_grads, grads))

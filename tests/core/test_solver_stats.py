@@ -10,7 +10,8 @@ from torchdiffeq._impl.misc import _PerturbFunc, _all_callback_names, _rms_norm
 from torchdiffeq._impl.odeint import SOLVERS as REGISTRY
 
 from node_cli.core.checks import ConfigError, validate
-from node_cli.core.rundir import RunDir, load_checkpoint, read_metrics
+from node_cli.core.rundir import RunDir, read_metrics
+from node_cli.core.runs import load_checkpoint
 from node_cli.core.solve import ODEBlock, TAKES, nfe, solver_kwargs, solver_stats
 from node_cli.core.train import fit
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from node_cli.core import stats
-from node_cli.core.rundir import Run
+from node_cli.core.runs import Run
 
 # Student's t, two-sided 95% (the 0.975 quantile), from a printed table
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262}

@@ -6,7 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from node_cli.core.rundir import RunDir, load_checkpoint, read_metrics
+from node_cli.core.rundir import RunDir, read_metrics
+
+from node_cli.core.runs import load_checkpoint
 from node_cli.core.train import fit
 
 

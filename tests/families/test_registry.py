@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from node_cli import families
 from node_cli.core.checks import ConfigError
 from node_cli.core.compose import options
-from node_cli.core.rundir import Run
+from node_cli.core.runs import Run
 from node_cli.families.base import Family
 from node_cli.report.build import experiment_of, known
 

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from node_cli.core.page import differences
-from node_cli.core.rundir import load_run
+from node_cli.core.runs import load_run
 from node_cli.families.spirals.report import PAPER_TABLE2
 from node_cli.report.build import build, experiment_of
 
@@ -184,7 +184,7 @@ def test_a_budget_presets_schedule_is_not_a_difference_from_the_paper_setting(tm
                                                                               expected):
     from omegaconf import OmegaConf
 
-    from node_cli.core.rundir import Run
+    from node_cli.core.runs import Run
 
     command = ["experiment=mnist_odenet", *overrides]
     (tmp_path / ".hydra").mkdir()

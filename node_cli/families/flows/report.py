@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ...core.page import Page, limited, mean, plt_figure, run_fields, select, steps_cell
 from ...core.tables import fmt, md_table
-from ...core.rundir import Run, read_metrics
+from ...core.rundir import read_metrics
+from ...core.runs import Run
 
 
 def flows(rep: Page) -> None:

@@ -14,7 +14,8 @@ from node_cli.cli import precheck
 from node_cli.core import stop
 from node_cli.core.checks import ConfigError
 from node_cli.core.compose import options
-from node_cli.core.rundir import CHECKPOINT, CONFIG, METRICS, load_checkpoint
+from node_cli.core.rundir import CHECKPOINT, CONFIG, METRICS
+from node_cli.core.runs import load_checkpoint
 from node_cli.core.train import Loop
 from node_cli.experiment import configure, execute
 from node_cli.families.flows import toys

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from node_cli.core.page import differences
-from node_cli.core.rundir import load_run
+from node_cli.core.runs import load_run
 from node_cli.families.mnist import tolsweep
 from node_cli.families.mnist.report import PAPER_TABLE1
 from node_cli.report.build import build, experiment_of
@@ -200,7 +200,7 @@ def test_tolsweep_bad_input_is_one_line(mnist, tmp_path, which, message):
 
 
 def test_epoch_matched_third_party_error_is_the_last_logged_epoch_not_beyond_ours():
-    from node_cli.core.rundir import Run
+    from node_cli.core.runs import Run
     from node_cli.families.mnist.report import epoch_matched
 
     def run(epochs, limit=None):
@@ -229,7 +229,7 @@ def test_table1_comparisons_pair_by_seed_within_the_margin(tmp_path):
     """Three seeds: the ODE-Net 0.1 points above the ResNet on every seed (established within ±0.3 points); the
     RK-Net 0.1 below, 0.5 above, 0.1 above (not established)."""
     from node_cli.core.page import Page
-    from node_cli.core.rundir import Run
+    from node_cli.core.runs import Run
     from node_cli.families.mnist.report import comparisons
 
     def runs(model, errors):

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from node_cli.core.rundir import load_checkpoint, read_metrics
+from node_cli.core.rundir import read_metrics
+
+from node_cli.core.runs import load_checkpoint
 from node_cli.families.mnist.models import build_mnist_model
 
 EVAL_LIMIT = 50   # smaller than the fake test set (200): a final evaluation that honoured it would show

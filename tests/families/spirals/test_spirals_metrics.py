@@ -58,7 +58,7 @@ def test_the_plain_rnn_is_rolled_out_at_its_training_cadence_and_interpolated():
 def test_table2_spread():
     from pathlib import Path
 
-    from node_cli.core.rundir import Run
+    from node_cli.core.runs import Run
     from node_cli.families.spirals.report import spread
 
     runs = [Run(Path(f"r{i}"), summary={"test_rmse": v}) for i, v in enumerate((1.0, 2.0, 3.0))]
@@ -72,7 +72,7 @@ def test_table2_comparisons_pair_seeds_and_say_which_ordering_is_established(tmp
     from pathlib import Path
 
     from node_cli.core.page import Page
-    from node_cli.core.rundir import Run
+    from node_cli.core.runs import Run
     from node_cli.families.spirals.report import comparisons
 
     def runs(model, rmse):

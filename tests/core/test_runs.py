@@ -1,4 +1,4 @@
-"""The run-folder contract (core/rundir.py): checkpoints are read without running code they might hold."""
+"""Reading runs back (core/runs.py): checkpoints are read without running code they might hold."""
 import pickle
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 from omegaconf import OmegaConf
 
 from node_cli.core.checks import ConfigError
-from node_cli.core.rundir import CHECKPOINT, RunDir, load_checkpoint
+from node_cli.core.rundir import CHECKPOINT, RunDir
+from node_cli.core.runs import load_checkpoint
 
 
 class Payload:
@@ -92,7 +93,7 @@ def _checkpoint(path, **extra):
 
 
 def test_read_checkpoint_refuses_a_newer_format_in_one_line_naming_both(tmp_path):
-    from node_cli.core.rundir import FORMAT, READS, read_checkpoint
+    from node_cli.core.runs import FORMAT, READS, read_checkpoint
 
     path = _checkpoint(tmp_path / CHECKPOINT, format=FORMAT + 1)
     for purpose in READS:
@@ -104,7 +105,7 @@ def test_read_checkpoint_refuses_a_newer_format_in_one_line_naming_both(tmp_path
 
 
 def test_read_checkpoint_reads_weights_of_any_older_format_but_resumes_only_whole_states(tmp_path):
-    from node_cli.core.rundir import read_checkpoint
+    from node_cli.core.runs import read_checkpoint
 
     path = _checkpoint(tmp_path / CHECKPOINT)                    # format 1: no "format" key, no training state
     assert torch.equal(read_checkpoint(path, "evaluate")["model"]["w"], torch.zeros(2))
@@ -116,7 +117,8 @@ def test_read_checkpoint_reads_weights_of_any_older_format_but_resumes_only_whol
 
 
 def test_an_old_runs_task_names_read_as_the_family_folders_they_were(tmp_path):
-    from node_cli.core.rundir import CONFIG, SUMMARY, load_config, load_run, read_checkpoint
+    from node_cli.core.rundir import CONFIG, SUMMARY
+    from node_cli.core.runs import load_config, load_run, read_checkpoint
 
     for old, new in (("classify", "mnist"), ("latent", "spirals"), ("flow", "flows"), ("dynamics", "dynamics")):
         folder = tmp_path / old
