@@ -14,7 +14,7 @@ from torchdiffeq import odeint
 from node_cli.cli import precheck
 from node_cli.core.checks import ConfigError
 from node_cli.families.flows.ffjord import log_normal
-from node_cli.families.flows.report import choose_lambda
+from node_cli.families.flows.report_ffjord import choose_lambda
 from node_cli.families.flows.task import FlowTask
 
 CPU = torch.device("cpu")
