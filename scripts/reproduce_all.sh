@@ -18,7 +18,8 @@ done
 # Table 1's ODE-Net run, found by its config (never by folder name)
 RUN=$(python - "$ROOT/table1/runs" <<'PY'
 import sys
-from node_cli.core.rundir import CHECKPOINT, discover
+from node_cli.core.rundir import CHECKPOINT
+from node_cli.core.runs import discover
 runs, _ = discover([sys.argv[1]])
 print(next((str(r.path) for r in runs if r.model == "odenet" and (r.path / CHECKPOINT).is_file()), ""))
 PY

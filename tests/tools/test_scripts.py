@@ -14,6 +14,9 @@ printf '%s\\0' "$(basename "$0")" "$@" >> "$CALLS"; printf '\\n' >> "$CALLS"
 """
 
 
+SUBCOMMANDS = ("tolsweep",)   # node-report's subcommands: words, not folders
+
+
 def calls(log: Path) -> list[list[str]]:
     return [line.strip("\0").split("\0") for line in log.read_text().split("\n") if line.strip("\0")]
 
@@ -22,6 +25,8 @@ def folders(argv: list[str]) -> list[str]:
     """The folders a node-run / node-report command line names."""
     out = []
     for i, a in enumerate(argv):
+        if argv[0] == "node-report" and i == 1 and a in SUBCOMMANDS:
+            continue
         key, _, value = a.partition("=")
         if key in ("hydra.sweep.dir", "hydra.run.dir"):
             out.append(value)
@@ -31,7 +36,7 @@ def folders(argv: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("script", ["table1.sh", "table2.sh", "memory.sh", "figures4_6.sh"])
+@pytest.mark.parametrize("script", ["table1.sh", "table2.sh", "memory.sh", "figures4_6.sh", "reproduce_all.sh"])
 def test_a_paper_script_writes_only_under_out(script, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -53,3 +58,21 @@ def test_a_paper_script_writes_only_under_out(script, tmp_path):
             path = (tmp_path / "work" / folder).resolve() if not Path(folder).is_absolute() else Path(folder).resolve()
             assert path.is_relative_to(out.resolve()), f"{script}: {shlex.join(argv)} writes {folder}, outside OUT={out}"
     assert not (tmp_path / "work" / "outputs").exists()
+
+
+def test_reproduce_all_finds_table1s_odenet_by_its_config(tmp_path):
+    """The Python that reproduce_all.sh runs to find Table 1's ODE-Net for Figure 3 (by config, not folder name)
+    prints the folder of the run whose model is odenet and that has a checkpoint, and nothing for the others."""
+    text = (REPO / "scripts" / "reproduce_all.sh").read_text()
+    code = text.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    runs = tmp_path / "runs"
+    for number, model, checkpoint in ((0, "mlp", True), (1, "odenet", False), (2, "odenet", True)):
+        folder = runs / str(number)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text(
+            f"task: mnist\nmodel:\n  name: {model}\nsolver:\n  method: dopri5\n")
+        if checkpoint:
+            (folder / "checkpoint.pt").write_bytes(b"")
+    r = subprocess.run(["python", "-", str(runs)], input=code, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str((runs / "2").resolve())
