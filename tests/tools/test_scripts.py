@@ -17,6 +17,17 @@ printf '%s\\0' "$(basename "$0")" "$@" >> "$CALLS"; printf '\\n' >> "$CALLS"
 SUBCOMMANDS = ("tolsweep",)   # node-report's subcommands: words, not folders
 
 
+def fake_tools(tmp_path, out) -> dict:
+    """The environment of a paper script whose node-run and node-report only record their arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("node-run", "node-report"):
+        (bin_dir / tool).write_text(FAKE)
+        (bin_dir / tool).chmod(0o755)
+    return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(tmp_path / "calls"), OUT=str(out),
+                LAUNCHER="basic")
+
+
 def calls(log: Path) -> list[list[str]]:
     return [line.strip("\0").split("\0") for line in log.read_text().split("\n") if line.strip("\0")]
 
@@ -38,13 +49,8 @@ def folders(argv: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("script", ["table1.sh", "table2.sh", "memory.sh", "figures4_6.sh", "reproduce_all.sh"])
 def test_a_paper_script_writes_only_under_out(script, tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("node-run", "node-report"):
-        (bin_dir / tool).write_text(FAKE)
-        (bin_dir / tool).chmod(0o755)
     out, log = tmp_path / "work" / "out", tmp_path / "calls"
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(log), OUT=str(out), LAUNCHER="basic")
+    env = fake_tools(tmp_path, out)
     (tmp_path / "work").mkdir()
     r = subprocess.run(["bash", str(REPO / "scripts" / script)], cwd=tmp_path / "work", env=env, capture_output=True,
                        text=True, timeout=120)
@@ -76,3 +82,23 @@ def test_reproduce_all_finds_table1s_odenet_by_its_config(tmp_path):
     r = subprocess.run(["python", "-", str(runs)], input=code, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str((runs / "2").resolve())
+
+
+@pytest.mark.parametrize("switches, memory_cap, others_cap", [
+    ({}, "20", None), ({"MEMORY_STEPS": "5"}, "5", None), ({"STEPS": "7"}, "7", "7"), ({"SHORT": "1"}, None, None)])
+def test_reproduce_all_caps_only_the_memory_stage_at_the_quick_budget(tmp_path, switches, memory_cap, others_cap):
+    env = dict(fake_tools(tmp_path, tmp_path / "out"), **switches)
+    r = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_all.sh")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    caps = {}
+    for argv in calls(tmp_path / "calls"):
+        if argv[0] != "node-run":
+            continue
+        sweep = next(a.partition("=")[2] for a in argv if a.startswith("hydra.sweep.dir="))
+        stage = Path(sweep).relative_to(tmp_path / "out").parts[0]
+        steps = [a.partition("=")[2] for a in argv if a.startswith("trainer.max_steps=")]
+        caps.setdefault(stage, set()).add(steps[-1] if steps else None)
+    assert caps.pop("memory") == {memory_cap}
+    assert {"table1", "table2", "figures4_6"} <= set(caps)
+    assert all(found == {others_cap} for found in caps.values()), caps
