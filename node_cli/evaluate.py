@@ -2,7 +2,7 @@
 stopped) run's checkpoint again, on the whole test split, at the run's own solver settings or at other ones.
 
 - The run is what its `.hydra/config.yaml` says; its `checkpoint.pt` is read with `weights_only=True`
-  (core.rundir.read_checkpoint). The two must describe the same run (they may differ only in the budget keys
+  (core.runs.read_checkpoint). The two must describe the same run (they may differ only in the budget keys
   `node-run resume=` may change).
 - Only `solver.*` settings may be overridden (Hydra-style `key=value`, values parsed as OmegaConf parses them:
   `solver.rtol=1e-5` is a float, `solver.adjoint=false` a bool, `solver.step_size=null` None). Any other key would

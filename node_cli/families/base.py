@@ -74,7 +74,7 @@ class Family:
     models: tuple[str, ...]                     # model.name values it builds
     build: Callable                             # (cfg, device) -> a core.train.Task
     check: Callable                             # (cfg) -> None; ConfigError on a bad model or dataset key
-    experiment_of: Callable                     # (core.rundir.Run) -> the experiment file of its paper setting
+    experiment_of: Callable                     # (core.runs.Run) -> the experiment file of its paper setting
     sections: Callable = lambda: ()             # () -> report sections, each (core.page.Page) -> None
     bench: BenchSpec | None = None              # its row of `node-bench families`
     contention: ContentionSpec | None = None    # its rows of `node-bench contention`

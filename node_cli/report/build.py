@@ -94,7 +94,7 @@ def runs_section(rep: Page) -> None:
 
 
 def build(dirs, out: Path, command: str = "node-report", found=None) -> Page:
-    """The report of the runs under `dirs` into `out`; `found`: what core.rundir.discover(dirs) already returned."""
+    """The report of the runs under `dirs` into `out`; `found`: what core.runs.discover(dirs) already returned."""
     runs, messages = found or discover(dirs)
     for run in runs:
         if run.cfg is not None and not known(run):

@@ -95,7 +95,7 @@ def test_mlflow_holds_params_metrics_tags_artifacts_and_a_resume_continues_the_r
     figures = {f"figures/{a.path.split('/')[-1]}" for a in client.list_artifacts(run.info.run_id, "figures")}
     assert "summary.json" in artifacts and figures == {f"figures/{p.name}" for p in run_dir.glob("*.png")} != set()
     assert not (tmp_path / "mlruns").exists()   # artifacts beside the store, not in the working directory
-    from node_cli.core.rundir import discover     # and their copy of summary.json is not taken for a run
+    from node_cli.core.runs import discover       # and their copy of summary.json is not taken for a run
     assert [r.path for r in discover([tmp_path])[0]] == [run_dir.resolve()]
 
     r = node_run(f"resume={run_dir}", "trainer.max_steps=6", cwd=tmp_path)
