@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # node-run as `pip install .` gives it to a user: build the wheel from this checkout, install it (not editable)
 # into a fresh virtual environment and, from a folder outside the checkout, run every family for a few steps,
-# node-report on those runs, node-eval on one, and each tool's --help. Any error ends it with a non-zero exit.
+# node-report on those runs, node-eval on one, node-bench reference (every family, 2 steps) and each tool's --help. Any error ends it with a non-zero exit.
 #
 #   scripts/wheel_check.sh              # .ci/run calls it; a few minutes on 2 cores (most of it: pip installing torch)
 #   KEEP=1 scripts/wheel_check.sh       # keep the temporary folder (wheel, venv, runs) and say where it is
@@ -70,6 +70,12 @@ say "node-report ok: $(ls report | wc -l) files"
 node-eval runs/flows solver.rtol=1e-4 solver.atol=1e-4 > eval.log 2>&1 || { tail -30 eval.log >&2; fail "node-eval"; }
 ls runs/flows/eval/*/eval.json > /dev/null || fail "node-eval wrote no eval.json"
 say "node-eval ok"
+# node-bench reference: node-run against each family's plain torchdiffeq loop, 2 timed steps each (MNIST on the fake)
+OMP_NUM_THREADS=1 node-bench reference --reps 2 --warmup-steps 1 --field-reps 2 --data-root "$mnist" --out bench \
+    > bench.log 2>&1 || { tail -30 bench.log >&2; fail "node-bench reference"; }
+python -c "import csv; rows = list(csv.DictReader(open('bench/reference.csv')))
+assert len(rows) == 5 and all(float(r['node_sec_per_step']) > 0 and float(r['ref_sec_per_step']) > 0 for r in rows), rows
+print('wheel_check: node-bench reference ok:', ', '.join(r['family'] for r in rows))" || fail "node-bench reference.csv"
 for tool in node-run node-bench node-report node-eval node-data; do
     "$tool" --help > help.log 2>&1 || { tail -30 help.log >&2; fail "$tool --help"; }
 done
