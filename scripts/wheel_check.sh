@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # node-run as `pip install .` gives it to a user: build the wheel from this checkout, install it (not editable)
 # into a fresh virtual environment and, from a folder outside the checkout, run every family for a few steps,
-# node-report on those runs, node-eval on one, node-bench reference (every family, 2 steps) and each tool's --help. Any error ends it with a non-zero exit.
+# node-report on those runs, node-eval on one, node-bench reference (every family, 2 steps) and each tool's --help.
+# Any error ends it with a non-zero exit.
 #
 #   scripts/wheel_check.sh              # .ci/run calls it; a few minutes on 2 cores (most of it: pip installing torch)
 #   KEEP=1 scripts/wheel_check.sh       # keep the temporary folder (wheel, venv, runs) and say where it is
