@@ -42,6 +42,7 @@ from collections.abc import Sequence
 import torch
 import torchdiffeq
 
+from .rkcompile import compiled_stages
 from .rkgraph import DenseOutput, combine, dense_weights, stage_sum
 
 SUFFIX = "+fastrk"        # torchdiffeq method name of an adaptive Runge-Kutta solver with fast stage arithmetic
@@ -128,17 +129,17 @@ def _fast_runge_kutta_step(func, y0, f0, t0, dt, t1, tableau):
     from torchdiffeq._impl.rk_common import _runge_kutta_step
 
     light = LIGHT_GRAPH and not y0.is_complex()   # complex states: the recorded ops (conjugate gradients)
-    compiled = getattr(func, "compiled", None)
-    if compiled is not None and light and not dt.requires_grad:
-        out = compiled.step(y0, f0, t0, dt, t1, tableau)
-        if out is not None:
-            return out
     if dt.requires_grad and not light:
         y1, f1, y1_error, k = _runge_kutta_step(func, y0, f0, t0, dt, t1, tableau)
         return y1, f1, y1_error, list(k.unbind(-1))
     alpha, rows, cat, sizes, fsal = _tableau(tableau)
     t_dtype = _real_dtype(y0)
     t0, dt, t1 = t0.to(t_dtype), dt.to(t_dtype), t1.to(t_dtype)
+    compiled = getattr(func, "compiled", None)   # solver.compile (core/rkcompile.py)
+    if compiled is not None and light and not dt.requires_grad:
+        out = compiled.step(y0, f0, t0, dt, t1, tableau, alpha, rows, fsal)
+        if out is not None:
+            return out
     scaled = cat * dt.detach()
     coeffs = _split(scaled.tolist(), sizes)   # one host read
     cs = _split(scaled, sizes)
@@ -353,10 +354,7 @@ def _register() -> dict:
     def __init__(self, func, *args, row_times=None, first_step_grad=True, compile=False, **kwargs):
         if type(func) is perturb:   # this solve's own wrapper: a per-instance override
             func.forward = types.MethodType(_fast_perturb_forward, func)
-            func.compiled = None
-            if compile:   # solver.compile
-                from .rkcompile import compiled_stages
-                func.compiled = compiled_stages(func)
+            func.compiled = compiled_stages(func) if compile else None   # solver.compile
         self.row_times = row_times   # `solve_rows`: each row's own output times
         self.first_step_grad = first_step_grad
         super(type(self), self).__init__(func, *args, **kwargs)

@@ -1,7 +1,7 @@
 """The opt-in compiled step (`solver.compile=true`): each adaptive step's new stage evaluations, stage sums and
 error estimate as one torch.compile'd function per vector field, compiled once per shape, dtype and grad mode;
 torchdiffeq's adaptive loop, step control and dense output stay in Python (no unrolling, pytorch #111441).
-core/fastrk.py calls `compiled_stages` when a solve asks for it and falls back to its eager step when this returns
+core/fastrk.py (which this module does not import) calls `compiled_stages` when a solve asks for it and falls back to its eager step when this returns
 None or a compilation fails (one warning per process).
 """
 from __future__ import annotations
@@ -11,8 +11,6 @@ import warnings
 import weakref
 
 import torch
-
-from .fastrk import _real_dtype, _tableau
 
 _COMPILE_WARNED = False   # the one warning per process when solver.compile falls back to the eager step
 
@@ -78,8 +76,10 @@ class CompiledStages:
         code = _stages.__code__.replace()   # a fresh code object: torch.compile's cache hangs on it
         self.body = types.FunctionType(code, _stages.__globals__, _stages.__name__)
 
-    def step(self, y0, f0, t0, dt, t1, tableau):
-        """(y1, f1, error, stages) as `_fast_runge_kutta_step` returns them, or None: take the eager step."""
+    def step(self, y0, f0, t0, dt, t1, tableau, alpha, rows, fsal):
+        """(y1, f1, error, stages) as `_fast_runge_kutta_step` returns them, or None: take the eager step. The times
+        are in the state's (real) dtype; alpha, rows (beta..., c_sol, c_error) and fsal are the tableau's, as the
+        eager step reads them."""
         if self.fn is False:
             return None
         if self.fn is None:
@@ -90,13 +90,10 @@ class CompiledStages:
                 return None
             self.fn = torch.compile(self.body, dynamic=False, fullgraph=True)
         if self.consts[0] is not tableau:   # the tableau as Python floats, read once per tableau
-            alpha, rows, _cat, _sizes, fsal = _tableau(tableau)
             self.consts = (tableau, (tuple(alpha), tuple(tuple(r.tolist()) for r in rows[:-1]),
                                      tuple(rows[-1].tolist()), fsal))
-        t_dtype = _real_dtype(y0)
         try:
-            y1, error, *ks = self.fn(self.field, y0, f0, t0.to(t_dtype), dt.to(t_dtype), t1.to(t_dtype),
-                                     *self.consts[1])
+            y1, error, *ks = self.fn(self.field, y0, f0, t0, dt, t1, *self.consts[1])
         except Exception as exc:   # noqa: BLE001 - compilation failed (unsupported op, no compiler, ...): eager
             self.fn = False
             _warn_eager(f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
