@@ -13,7 +13,7 @@
 #   scripts/ffjord_tables.sh outputs/ffjord_tables                   # about 10 CPU-minutes; JOBS=2 halves the wall time
 #   STEPS=20 scripts/ffjord_tables.sh /tmp/ffjord_smoke               # a smoke test of the whole pipeline
 #   STAGES=report scripts/ffjord_tables.sh outputs/ffjord_tables     # only make the report again (OUT/report)
-#   STAGES="reg select" DATA="8gaussians pinwheel" LAMBDAS="0.02 0.05 0.1 0.2" STEPS=3000 SEEDS="0 1" JOBS=2 \
+#   STAGES="reg select" DATA="8gaussians pinwheel" LAMBDAS="0.05 0.1 0.2" STEPS=3000 SEEDS="0 1" JOBS=2 \
 #       scripts/ffjord_tables.sh outputs/rnode_3000                  # RNODE's claim, lambda chosen on validation
 #
 # STAGES (default "reg bench report"; `select` makes the report and prints only the lambda-selection table);
