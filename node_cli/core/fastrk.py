@@ -17,10 +17,10 @@ with only its `_runge_kutta_step` (and `_compute_error_ratio`) globals swapped, 
 rejection, dense output and the adjoint are untouched. Same trajectory up to float rounding (summation order),
 hence the same NFE except at a knife-edge accept/reject decision.
 
-Backprop through the solver (no adjoint) records a light graph (`LIGHT_GRAPH`, core/rkgraph.py): each stage combination is one
-autograd node (`StageSum`, whose backward is the transposed linear map) and each step's dense output another
-(`DenseOutput`: one matrix product, gradients for the states and for the times and step size where they carry
-one), instead of tens of recorded scalar-times-tensor ops per step. A step whose dt carries a gradient (the first:
+Backprop through the solver (no adjoint) records a light graph (`LIGHT_GRAPH`, core/rkgraph.py): each stage
+combination is one autograd node (`StageSum`, whose backward is the transposed linear map) and each step's dense
+output another (`DenseOutput`: one matrix product, gradients for the states and for the times and step size where
+they carry one), instead of tens of recorded scalar-times-tensor ops per step. A step whose dt carries a gradient (the first:
 torchdiffeq differentiates its first step size) computes its values with torchdiffeq's own ops on its stage-last
 buffer, so they are torchdiffeq's to the bit, in the same one node per stage; the gradients agree to rounding.
 The adjoint's solves run without a graph and take the same arithmetic without the nodes.

@@ -1,8 +1,8 @@
 """The opt-in compiled step (`solver.compile=true`): each adaptive step's new stage evaluations, stage sums and
 error estimate as one torch.compile'd function per vector field, compiled once per shape, dtype and grad mode;
 torchdiffeq's adaptive loop, step control and dense output stay in Python (no unrolling, pytorch #111441).
-core/fastrk.py (which this module does not import) calls `compiled_stages` when a solve asks for it and falls back to its eager step when this returns
-None or a compilation fails (one warning per process).
+core/fastrk.py (which this module does not import) calls `compiled_stages` when a solve asks for it and falls
+back to its eager step when this returns None or a compilation fails (one warning per process).
 """
 from __future__ import annotations
 

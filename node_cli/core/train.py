@@ -16,11 +16,11 @@ caught: the loop stops at the end of the current step, saves a checkpoint of tha
 at its next evaluation of the vector field (core/solve.py): that step is dropped and the state before it saved, as
 it was (a diverged model can crawl inside one solve for hours). During the final evaluation a signal stops at once:
 training is complete, its last step is saved as a final checkpoint, and resuming makes the final evaluation.
-Every checkpoint holds what continuing needs (core/runs.py STATE_KEYS: model, optimizer, scheduler, counters, running totals,
-every random generator, the task's own record such as the frames of its figures), so `fit(..., resume=checkpoint)`
-continues the run exactly: a run of 2N steps and a run stopped at N and resumed end with the same weights and
-metrics. A final checkpoint whose run has no summary (killed while drawing its figures) resumes into the final
-phase: evaluation, figures, summary.
+Every checkpoint holds what continuing needs (core/runs.py STATE_KEYS: model, optimizer, scheduler, counters,
+running totals, every random generator, the task's own record such as the frames of its figures), so
+`fit(..., resume=checkpoint)` continues the run exactly: a run of 2N steps and a run stopped at N and resumed end
+with the same weights and metrics. A final checkpoint whose run has no summary (killed while drawing its figures)
+resumes into the final phase: evaluation, figures, summary.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import math
 from ...core.page import Page, mean, plt_figure, select
 from ...core.rundir import read_metrics
 from ...core.runs import Run
-from ...core.stats import t_quantile
+from ...core.stats import sd, t_quantile
 from ...core.tables import fmt, md_table
 
 
@@ -31,10 +31,9 @@ def _objective_label(run: Run) -> str:
 
 def interval(values: list, stderr: float | None) -> str:
     """mean ± the half-width of a 95% interval: Student's t over seeds, or, with one seed, 1.96 test-set s.e."""
-    m = sum(values) / len(values)
-    if len(values) > 1:
-        sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-        return f"{m:.3f} ± {t_quantile(0.975, len(values) - 1) * sd / math.sqrt(len(values)):.3f}"
+    m, s = sum(values) / len(values), sd(values)
+    if s is not None:
+        return f"{m:.3f} ± {t_quantile(0.975, len(values) - 1) * s / math.sqrt(len(values)):.3f}"
     return f"{m:.3f} ± {1.96 * stderr:.3f}" if stderr is not None else f"{m:.3f}"
 
 
