@@ -74,8 +74,10 @@ say "node-eval ok"
 # node-bench reference: node-run against each family's plain torchdiffeq loop, 2 timed steps each (MNIST on the fake)
 OMP_NUM_THREADS=1 node-bench reference --reps 2 --warmup-steps 1 --field-reps 2 --data-root "$mnist" --out bench \
     > bench.log 2>&1 || { tail -30 bench.log >&2; fail "node-bench reference"; }
-python -c "import csv; rows = list(csv.DictReader(open('bench/reference.csv')))
-assert len(rows) == 5 and all(float(r['node_sec_per_step']) > 0 and float(r['ref_sec_per_step']) > 0 for r in rows), rows
+python -c "import csv; from node_cli.bench.reference import loops
+rows, wanted = list(csv.DictReader(open('bench/reference.csv'))), sum(len(rows_of) for rows_of in loops().values())
+assert len(rows) == wanted, (len(rows), wanted)
+assert all(float(r['node_sec_per_step']) > 0 and float(r['ref_sec_per_step']) > 0 for r in rows), rows
 print('wheel_check: node-bench reference ok:', ', '.join(r['family'] for r in rows))" || fail "node-bench reference.csv"
 for tool in node-run node-bench node-report node-eval node-data; do
     "$tool" --help > help.log 2>&1 || { tail -30 help.log >&2; fail "$tool --help"; }
